@@ -1,0 +1,199 @@
+"""Builders that turn a RunConfig into the parts of a run: accelerator, precision, data, model, optimizer,
+scheduler. Flat functions, each taking what it needs, so a test can build any one part alone.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nbtune.config import RunConfig
+from nbtune.engine import tasks
+
+
+@dataclass
+class Precision:
+    """What the loop does about precision: an autocast dtype (or None) and whether to scale gradients."""
+    name: str                        # fp32 | bf16 | fp16
+    autocast_dtype: torch.dtype | None
+    use_grad_scaler: bool
+
+
+def build_accelerator():
+    """One Accelerator per run. Precision is handled by the loop, not by accelerate's global state, so a
+    kernel can run fp32 and then bf16 without a restart."""
+    from accelerate import Accelerator
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
+
+
+def cpu_bf16_native() -> bool:
+    """Whether the CPU has bf16 matrix instructions; without them bf16 matmul is emulated and very slow."""
+    from nbtune.envcheck import cpu_supports_bf16
+    return cpu_supports_bf16()
+
+
+def resolve_precision(requested: str, device: torch.device) -> Precision:
+    """auto: bf16 on GPUs that support it, else fp16 with a GradScaler; bf16 on CPUs with native bf16,
+    else fp32."""
+    name = requested
+    if requested == "auto":
+        if device.type == "cuda":
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            name = "bf16" if cpu_bf16_native() else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision=fp16 needs a CUDA GPU; on CPU use bf16 (if the CPU supports it) or fp32")
+    if name == "bf16" and device.type == "cpu" and not cpu_bf16_native():
+        warnings.warn("train.precision=bf16 on a CPU without native bf16 (no AVX512-BF16/AMX): autocast will be "
+                      "much slower than fp32. Use precision=auto or fp32.", stacklevel=2)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return Precision(name, dtype, use_grad_scaler=name == "fp16")
+
+
+def load_data(cfg: RunConfig, dataset=None):
+    """The DatasetDict to train on, with train/validation/test splits, and a name for messages."""
+    from nbtune import assets
+    if dataset is not None:
+        where = "the dataset passed to Run"
+    else:
+        where = f"dataset '{cfg.data.dataset}'"
+        dataset = assets.load_dataset(cfg.data.dataset, seed=13) if cfg.data.dataset in assets.DATASETS \
+            else _load_file(cfg.data.dataset)
+        where = f"{cfg.data.dataset}" if cfg.data.dataset not in assets.DATASETS else where
+    dataset = _ensure_splits(dataset, cfg.train.seed, where)
+    if cfg.data.max_train_samples:
+        dataset["train"] = dataset["train"].select(range(min(cfg.data.max_train_samples, len(dataset["train"]))))
+    if cfg.data.max_eval_samples:
+        for split in ("validation", "test"):
+            dataset[split] = dataset[split].select(range(min(cfg.data.max_eval_samples, len(dataset[split]))))
+    return dataset, where
+
+
+def _load_file(path_text: str):
+    from nbtune import assets
+    path = Path(path_text)
+    if not path.exists():
+        raise assets.UnknownAssetError(
+            f"data.dataset={path_text!r} is neither a bundled dataset ({', '.join(assets.DATASETS)}) nor an "
+            f"existing file")
+    kind = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json"}.get(path.suffix.lower())
+    if kind is None:
+        raise tasks.DataError(f"{path}: unsupported file type '{path.suffix}'; use .csv, .tsv, .jsonl or .json")
+    import datasets
+    extra = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    try:
+        return datasets.load_dataset(kind, data_files=str(path), **extra)
+    except Exception as exc:  # datasets wraps parser errors several layers deep
+        raise tasks.DataError(f"{path}: could not be read as {kind}: {exc}") from None
+
+
+def _ensure_splits(dataset, seed: int, where: str):
+    import datasets
+    if isinstance(dataset, datasets.Dataset):
+        dataset = datasets.DatasetDict({"train": dataset})
+    if "train" not in dataset:
+        raise tasks.DataError(f"{where}: no 'train' split; found {list(dataset)}")
+    if len(dataset["train"]) == 0:
+        raise tasks.DataError(f"{where}: the 'train' split is empty")
+    dataset = datasets.DatasetDict(dict(dataset))
+    if "validation" not in dataset:
+        parts = dataset["train"].train_test_split(test_size=0.1, seed=seed)
+        dataset["train"], dataset["validation"] = parts["train"], parts["test"]
+    if "test" not in dataset:
+        dataset["test"] = dataset["validation"]
+    return dataset
+
+
+def tokenize(cfg: RunConfig, dataset, tokenizer, where: str) -> tasks.TaskData:
+    d = cfg.data
+    if cfg.task == "classification":
+        data = tasks.tokenize_classification(dataset, tokenizer, d.text_column, d.label_column, d.max_length, where)
+    elif cfg.task == "token-classification":
+        data = tasks.tokenize_tagging(dataset, tokenizer, d.max_length, where)
+    else:
+        data = tasks.tokenize_causal(dataset, tokenizer, d.max_length, where, cfg.model.name)
+    for split in ("train", "validation", "test"):
+        if not data.rows.get(split):
+            raise tasks.DataError(f"{where}: the '{split}' split is empty")
+    data.fingerprint_source = dataset_fingerprint(data)
+    return data
+
+
+def dataset_fingerprint(data: tasks.TaskData) -> str:
+    """SHA-256 over the tokenized train and validation rows and label names: what the run actually sees."""
+    digest = hashlib.sha256(json.dumps(data.label_names).encode())
+    for split in ("train", "validation"):
+        for row in data.rows[split]:
+            digest.update(json.dumps([row["input_ids"], row["labels"]]).encode())
+    return digest.hexdigest()
+
+
+def load_tokenizer(cfg: RunConfig, resolved):
+    from transformers import AutoTokenizer
+    source = cfg.model.tokenizer or resolved.tokenizer_path
+    if cfg.model.tokenizer:
+        from nbtune import assets
+        if cfg.model.tokenizer in assets.MODELS:
+            source = assets.resolve_model(cfg.model.tokenizer).tokenizer_path
+    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code,
+                                        revision=cfg.model.revision)
+    if tok.pad_token_id is None:
+        # Decoder tokenizers often lack a pad token; padded positions are masked, so EOS is safe to reuse.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_model(cfg: RunConfig, resolved, label_names: list[str], tokenizer) -> torch.nn.Module:
+    model = tasks.load_model(cfg.task, resolved.path, resolved.config, label_names, cfg.model.init,
+                             cfg.model.trust_remote_code, cfg.model.revision)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def param_groups(model: torch.nn.Module, cfg: RunConfig) -> list[dict]:
+    """AdamW groups: weight decay on matrices, none on biases and norm weights. Each group has a name."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"name": "decay", "params": decay, "weight_decay": cfg.train.weight_decay},
+              {"name": "no_decay", "params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(groups: list[dict], cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    # fused AdamW is faster on CUDA; foreach is the fast path on CPU.
+    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.train.learning_rate, **fused)
+
+
+def lr_lambda(kind: str, warmup_steps: int, total_steps: int):
+    """Multiplier of the peak LR at each step: linear warmup, then linear/cosine decay or constant."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)  # the first step already learns a little
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        progress = min(max(progress, 0.0), 1.0)
+        return 1.0 - progress if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
+
+
+def build_scheduler(optimizer, cfg: RunConfig, total_steps: int):
+    warmup = int(round(cfg.train.warmup_ratio * total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.scheduler, warmup, total_steps))
+
+
+def total_steps_for(cfg: RunConfig, batches_per_epoch: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps)."""
+    per_epoch = math.ceil(batches_per_epoch / cfg.train.gradient_accumulation_steps)
+    total = cfg.train.max_steps or math.ceil(cfg.train.num_train_epochs * per_epoch)
+    return per_epoch, max(1, total)

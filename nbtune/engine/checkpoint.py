@@ -1,0 +1,160 @@
+"""Atomic checkpoints: everything needed to continue a run bit-for-bit, or nothing at all.
+
+Layout of `<run>/checkpoints/step-000120/`:
+    model.safetensors   all weights (tied weights stored once)
+    grads.safetensors   gradients accumulated so far, only when saved inside an accumulation window
+    state.pt            optimizer, scheduler, scaler state (torch.save; loads with weights_only=True)
+    rng-rank<r>.pt      each process's RNG states
+    trainer_state.json  position, edit log, current hyperparameters, config and dataset fingerprint
+    manifest.json       SHA-256 and size of every file above; written last
+
+The directory is written under a temporary name beside its final one and renamed into place, so a crash
+never leaves a directory that looks complete. A directory without a valid manifest is never loaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+MANIFEST = "manifest.json"
+TRAINER_STATE = "trainer_state.json"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is incomplete, corrupt, or made for a different run; the message says which file."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def staging_dir(final: Path) -> Path:
+    """The temporary directory a checkpoint is written into before it is renamed to `final`."""
+    return final.parent / f".tmp-{final.name}-{os.getpid()}"
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
+
+
+def finalize(staging: Path, final: Path) -> Path:
+    """Hash every file into the manifest, fsync, and rename the staging dir into place atomically."""
+    files = sorted(p for p in staging.iterdir() if p.is_file())
+    manifest = {"format_version": FORMAT_VERSION,
+                "files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files}}
+    for p in files:
+        _fsync_file(p)
+    write_json(staging / MANIFEST, manifest)
+    _fsync_file(staging / MANIFEST)
+    _fsync_dir(staging)
+    if final.exists():
+        # Replacing a checkpoint of the same step (e.g. "checkpoint now" twice): move the old one aside first.
+        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+    _fsync_dir(final.parent)
+    return final
+
+
+def verify(path: Path) -> dict:
+    """Check every file against the manifest; return the trainer state. Raises CheckpointError."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(f"{path}: no {MANIFEST}; the checkpoint is incomplete (was the save interrupted?)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{manifest_path}: not valid JSON ({exc})") from None
+    for name, meta in manifest.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: listed in the manifest but missing")
+        if file.stat().st_size != meta["bytes"] or sha256_file(file) != meta["sha256"]:
+            raise CheckpointError(f"{file}: contents do not match the SHA-256 in {MANIFEST} (corrupt or truncated)")
+    for required in ("model.safetensors", "state.pt", TRAINER_STATE):
+        if required not in manifest.get("files", {}):
+            raise CheckpointError(f"{path}: the manifest lists no {required}")
+    return json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+
+
+def latest(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint under `run_dir/checkpoints` (incomplete ones are skipped)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    for candidate in sorted(root.glob("step-*"), reverse=True):
+        try:
+            verify(candidate)
+            return candidate
+        except CheckpointError:
+            continue
+    return None
+
+
+def prune(run_dir: Path, keep: int | None) -> None:
+    """Delete all but the newest `keep` step checkpoints, and stale staging dirs of dead processes."""
+    root = Path(run_dir) / "checkpoints"
+    if keep is None or not root.is_dir():
+        return
+    for stale in root.glob(".tmp-*"):
+        if not stale.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(stale, ignore_errors=True)
+    complete = sorted(root.glob("step-*"))
+    for old in complete[:-keep] if keep > 0 else complete:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---- RNG ----
+def rng_state() -> dict:
+    """Python, NumPy and torch RNG states in types that torch.load(weights_only=True) accepts."""
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_torch(path: Path) -> Any:
+    """torch.load restricted to tensors and plain containers: a crafted pickle cannot run code."""
+    return torch.load(path, map_location="cpu", weights_only=True)

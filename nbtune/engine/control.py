@@ -1,0 +1,110 @@
+"""Control: commands from any thread (a widget, a notebook cell), applied by the loop at step boundaries.
+
+The loop polls between micro-batches, so pause, stop and checkpoint take effect within one micro-batch;
+a command may also be scheduled for an exact position (`at_step`, `at_micro_step`), which is how scheduled
+edits from a config, and exact-resume tests, place them. Every applied command becomes an edit record
+(step, name, old, new), kept in `edits`, saved in checkpoints and replayed on resume.
+
+Example:
+    >>> c = Control()
+    >>> c.set("lr", 1e-4)            # applied before the next optimizer step
+    >>> c.stop(at_step=100)           # ends the run when step 100 is reached
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+SETTABLE = ("lr", "max_grad_norm", "weight_decay")
+ACTIONS = ("pause", "resume", "stop", "checkpoint")
+
+
+@dataclass
+class Command:
+    name: str                       # one of SETTABLE or ACTIONS
+    value: Any = None
+    at_step: int | None = None      # None: as soon as the loop next polls
+    at_micro_step: int = 0          # micro-batch inside the accumulation window
+    issued: float = field(default_factory=time.time)
+
+    def due(self, step: int, micro_step: int) -> bool:
+        return self.at_step is None or (step, micro_step) >= (self.at_step, self.at_micro_step)
+
+
+class Control:
+    """Thread-safe command queue plus the run's edit log."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._pending: list[Command] = []
+        self._paused = False
+        self.edits: list[dict] = []
+
+    # ---- called from the user's side (any thread) ----
+    def pause(self) -> None:
+        self._put(Command("pause"))
+
+    def resume(self) -> None:
+        self._put(Command("resume"))
+
+    def stop(self, at_step: int | None = None, at_micro_step: int = 0) -> None:
+        """Stop (with a checkpoint) at the next boundary, or when (at_step, at_micro_step) is reached."""
+        self._put(Command("stop", at_step=at_step, at_micro_step=at_micro_step))
+
+    def checkpoint(self, at_step: int | None = None) -> None:
+        self._put(Command("checkpoint", at_step=at_step))
+
+    def set(self, name: str, value: float | None, at_step: int | None = None) -> None:
+        """Change a hyperparameter mid-run: 'lr', 'max_grad_norm' (None disables clipping) or 'weight_decay'."""
+        if name not in SETTABLE:
+            raise ValueError(f"cannot set {name!r}; settable values are {', '.join(SETTABLE)}")
+        if value is not None and (not isinstance(value, (int, float)) or value < 0 or value != value):
+            raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        if name == "lr" and (value is None or value <= 0):
+            raise ValueError(f"lr must be > 0, got {value!r}")
+        self._put(Command(name, None if value is None else float(value), at_step=at_step))
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def _put(self, command: Command) -> None:
+        with self._lock:
+            self._pending.append(command)
+            self._lock.notify_all()
+
+    # ---- called by the loop ----
+    def due(self, step: int, micro_step: int) -> list[Command]:
+        """Remove and return the commands due at this position, in the order they were issued."""
+        with self._lock:
+            ready = [c for c in self._pending if c.due(step, micro_step)]
+            self._pending = [c for c in self._pending if c not in ready]
+            for c in ready:
+                if c.name in ("pause", "resume"):
+                    self._paused = c.name == "pause"
+            return ready
+
+    def wait_while_paused(self, timeout_s: float = 0.1) -> None:
+        with self._lock:
+            if self._paused and not self._pending:
+                self._lock.wait(timeout_s)
+
+    def log(self, step: int, name: str, old: Any, new: Any) -> dict:
+        record = {"kind": "edit", "step": step, "name": name, "old": old, "new": new, "time": time.time()}
+        self.edits.append(record)
+        return record
+
+    def schedule_edits(self, edits: list[dict]) -> None:
+        """Queue config-scheduled edits [{step, name, value}] (a live run's log exported as a schedule)."""
+        for e in edits:
+            if e.get("name") in SETTABLE:
+                self.set(e["name"], e.get("value"), at_step=int(e["step"]))
+
+    def drop_applied(self, edits: list[dict], step: int) -> None:
+        """After a resume: forget scheduled commands that the restored edit log shows were already applied."""
+        done = {(e["step"], e["name"]) for e in edits}
+        with self._lock:
+            self._pending = [c for c in self._pending
+                             if c.at_step is None or (c.at_step, c.name) not in done and c.at_step >= step]

@@ -1,0 +1,203 @@
+"""The training loop, readable top to bottom.
+
+One optimizer step = `gradient_accumulation_steps` micro-batches (fewer at the end of an epoch). Between
+micro-batches the loop polls Control, so pause/stop/checkpoint act within one micro-batch. Metrics stay on
+the device as tensors and are read to the host every `sync_every_n_steps` steps, so a CUDA run does not
+stall on a `.item()` each step.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from nbtune.engine import tasks
+from nbtune.engine.batching import eval_batches
+
+
+@dataclass
+class TrainState:
+    """Where the run is. Saved in checkpoints; everything else about the position is derived from it."""
+    step: int = 0                 # optimizer steps done
+    epoch: int = 0                # current epoch (0-based)
+    batch_index: int = 0          # next micro-batch in this epoch's batch list
+    micro_step: int = 0           # micro-batches already accumulated in the current window
+    window_loss: float = 0.0      # sum of loss/window_len over those micro-batches (for the step's log line)
+    samples_seen: int = 0
+    tokens_seen: int = 0
+    status: str = "ready"         # ready | running | paused | stopped | finished | error
+
+
+@dataclass
+class _Pending:
+    """Step records whose numbers are still device tensors, flushed in one host transfer."""
+    records: list[dict] = field(default_factory=list)
+    samples: int = 0
+    tokens: int = 0
+    since: float = field(default_factory=time.perf_counter)
+
+
+def autocast(run) -> contextlib.AbstractContextManager:
+    dtype = run.precision.autocast_dtype
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=run.device.type, dtype=dtype)
+
+
+def train(run) -> str:
+    """Run until the planned steps are done or Control stops it. Returns the final status."""
+    st, cfg = run.state, run.cfg
+    accum = cfg.train.gradient_accumulation_steps
+    pending = _Pending()
+    # Kept on the run so a mid-window checkpoint can save it; read to the host only then.
+    run.window_loss = window_loss = torch.tensor(st.window_loss, device=run.device)
+    run.model.train()
+    while st.step < run.total_steps:
+        batches = run.epoch_plan(st.epoch)
+        while st.batch_index < len(batches) and st.step < run.total_steps:
+            if run.service_control():
+                _flush(run, pending)
+                return "stopped"
+            window_len = min(accum, len(batches) - (st.batch_index - st.micro_step))
+            last_micro = st.micro_step + 1 == window_len
+            rows = batches[st.batch_index]
+            batch = run.collate(rows, run.data.rows["train"])
+            pending.samples += len(rows)
+            pending.tokens += int(batch["attention_mask"].sum())  # counted on the host, before the copy
+            batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+
+            # DDP all-reduces gradients only on the window's last micro-batch.
+            sync = contextlib.nullcontext() if last_micro else run.accelerator.no_sync(run.model)
+            with sync:
+                with autocast(run):
+                    loss = run.model(**batch).loss / window_len
+                if run.scaler is not None:
+                    run.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            window_loss += loss.detach()
+            st.batch_index += 1
+            st.micro_step += 1
+            if not last_micro:
+                continue
+
+            record = optimizer_step(run)
+            st.step += 1
+            st.micro_step = 0
+            record.update(kind="step", step=st.step, epoch=st.epoch + st.batch_index / len(batches),
+                          loss=window_loss.clone())
+            window_loss.zero_()
+            pending.records.append(record)
+            if st.step % cfg.train.sync_every_n_steps == 0 or st.step == run.total_steps:
+                _flush(run, pending)
+            _after_step(run, pending, epoch_end=False)
+        if st.batch_index >= len(batches):
+            st.epoch += 1
+            st.batch_index = 0
+            _flush(run, pending)
+            _after_step(run, pending, epoch_end=True)
+    _flush(run, pending)
+    return "finished"
+
+
+def optimizer_step(run) -> dict:
+    """Unscale, measure pre-clip gradient norms per group, clip, step, schedule. Returns device tensors."""
+    opt = run.optimizer
+    if run.scaler is not None:
+        run.scaler.unscale_(opt)
+    group_norms = {}
+    for group in opt.param_groups:
+        grads = [p.grad for p in group["params"] if p.grad is not None]
+        if grads:
+            group_norms[group["name"]] = torch.nn.utils.get_total_norm(grads)
+    total = torch.nn.utils.get_total_norm(list(group_norms.values()))
+    clipped = torch.zeros((), dtype=torch.bool, device=total.device)
+    if run.max_grad_norm is not None:
+        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grads_with_norm_(params, run.max_grad_norm, total)
+        clipped = total > run.max_grad_norm
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}  # the LR this step uses
+    if run.scaler is not None:
+        run.scaler.step(opt)
+        run.scaler.update()
+    else:
+        opt.step()
+    run.scheduler.step()
+    opt.zero_grad(set_to_none=True)
+    return {"grad_norm": total, "grad_norm_groups": group_norms, "lr": lrs, "clipped": clipped}
+
+
+def _flush(run, pending: _Pending) -> None:
+    """One host transfer for all pending step records, then hand them to the sinks."""
+    if not pending.records:
+        pending.since = time.perf_counter()
+        return
+    elapsed = max(time.perf_counter() - pending.since, 1e-9)
+    tensors = [r[k] for r in pending.records for k in ("loss", "grad_norm", "clipped")]
+    tensors += [v for r in pending.records for v in r["grad_norm_groups"].values()]
+    values = iter(torch.stack([t.float() for t in tensors]).tolist())
+    host = []
+    for r in pending.records:
+        host.append({**r, "loss": next(values), "grad_norm": next(values), "clipped": bool(next(values))})
+    for h in host:
+        h["grad_norm_groups"] = {g: next(values) for g in h["grad_norm_groups"]}
+    n = len(host)
+    for h in host:
+        # Throughput is averaged over the flush window: per-step wall time is meaningless without a sync.
+        h.update(samples_per_second=pending.samples / elapsed, tokens_per_second=pending.tokens / elapsed,
+                 time=time.time())
+        run.emit(h)
+    run.state.samples_seen += pending.samples
+    run.state.tokens_seen += pending.tokens
+    pending.records, pending.samples, pending.tokens = [], 0, 0
+    pending.since = time.perf_counter()
+    run.last_step_record = host[n - 1]
+
+
+def _after_step(run, pending: _Pending, epoch_end: bool) -> None:
+    """Evaluate and checkpoint on the configured cadence (epoch ends when no step cadence is set)."""
+    t, step = run.cfg.train, run.state.step
+    every_eval = t.eval_every_n_steps
+    due_eval = (epoch_end and every_eval is None) or (not epoch_end and every_eval and step % every_eval == 0)
+    due_save = not epoch_end and t.save_every_n_steps and step % t.save_every_n_steps == 0
+    if (due_eval or due_save) and not epoch_end:
+        _flush(run, pending)
+    if due_eval and step < run.total_steps:  # the final evaluation is done by Run after the loop
+        run.evaluate("validation")
+    if due_save:
+        run.save_checkpoint()
+    if due_eval or due_save:
+        pending.since = time.perf_counter()  # keep eval/save time out of the throughput figures
+
+
+@torch.no_grad()
+def evaluate(run, split: str) -> dict:
+    """Loss and task metrics on one split; every rank scores its shard and rank 0 combines them."""
+    rows = run.data.rows[split]
+    lengths = [len(r["input_ids"]) for r in rows]
+    world, rank = run.accelerator.num_processes, run.accelerator.process_index
+    parts, loss_sum, count = [], 0.0, 0
+    run.model.eval()
+    for idx in eval_batches(lengths, run.cfg.train.batch_size * 2, rank, world):
+        batch = {k: v.to(run.device) for k, v in run.collate(idx, rows).items()}
+        with autocast(run):
+            out = run.model(**batch)
+        labels = batch["labels"]
+        if run.cfg.task == "causal-lm":
+            n = int((labels[:, 1:] != tasks.IGNORE).sum())  # the model shifts labels by one
+        elif run.cfg.task == "token-classification":
+            n = int((labels != tasks.IGNORE).sum())
+        else:
+            n = labels.shape[0]
+        loss_sum += float(out.loss) * n
+        count += n
+        parts.append(tasks.score(run.cfg.task, out.logits.float(), labels.cpu(), run.data.label_names))
+    run.model.train()
+    if world > 1:
+        from accelerate.utils import gather_object
+        gathered = gather_object([(parts, loss_sum, count)])
+        parts = [p for g in gathered for p in g[0]]
+        loss_sum, count = sum(g[1] for g in gathered), sum(g[2] for g in gathered)
+    return tasks.summarize(run.cfg.task, parts, loss_sum, count)

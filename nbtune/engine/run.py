@@ -1,0 +1,266 @@
+"""Run: one fine-tuning run built from a RunConfig, started in the foreground or a background thread,
+steered through `run.control`, observed through sinks, saved and resumed exactly.
+
+Example:
+    >>> from nbtune import RunConfig, Run
+    >>> run = Run(RunConfig(model="minilm", data="intents-en"))        # doctest: +SKIP
+    >>> run.start(background=True); run.control.set("lr", 1e-4)          # doctest: +SKIP
+    >>> run.wait(); run.results["test"]["accuracy"]                     # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from nbtune.config import RunConfig
+from nbtune.engine import build, checkpoint as ckpt, loop
+from nbtune.engine.batching import epoch_batches, pad_batch
+from nbtune.engine.control import Control
+from nbtune.engine.sinks import ConsoleSink, JsonlSink, MetricSink, TensorBoardSink
+from nbtune.engine.state_io import load_run_state, save_run_state
+
+
+class Run:
+    """Everything one run owns: accelerator, model, optimizer, scheduler, data plan, control, sinks."""
+
+    def __init__(self, config: RunConfig, dataset=None, *, sinks: Iterable[MetricSink] = (),
+                 run_dir: str | Path | None = None) -> None:
+        from nbtune import assets
+        from transformers import set_seed
+        self.cfg = config
+        self.accelerator = build.build_accelerator()
+        self.device = self.accelerator.device
+        self.precision = build.resolve_precision(config.train.precision, self.device)
+        set_seed(config.train.seed)
+
+        resolved = assets.resolve_model(config.model.name)
+        self.tokenizer = build.load_tokenizer(config, resolved)
+        dataset, self.data_where = build.load_data(config, dataset)
+        self.data = build.tokenize(config, dataset, self.tokenizer, self.data_where)
+        self.dataset_fingerprint = self.data.fingerprint_source
+        self._lengths = [len(r["input_ids"]) for r in self.data.rows["train"]]
+
+        self.raw_model = build.build_model(config, resolved, self.data.label_names, self.tokenizer)
+        self.raw_model.to(self.device)
+        self.steps_per_epoch, self.total_steps = build.total_steps_for(config, len(self.epoch_plan(0)))
+        self.optimizer = build.build_optimizer(build.param_groups(self.raw_model, config), config, self.device)
+        self.scheduler = build.build_scheduler(self.optimizer, config, self.total_steps)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision.use_grad_scaler else None
+        self.model = self.accelerator.prepare_model(self.raw_model)  # DDP under torchrun / accelerate launch
+        # Dropout differs per rank; the data plan does not use this RNG at all.
+        torch.manual_seed(config.train.seed + 1000 * self.accelerator.process_index)
+
+        self.max_grad_norm = config.train.max_grad_norm
+        self.control = Control()
+        self.control.schedule_edits(config.train.edits)
+        self.state = loop.TrainState()
+        self.results: dict[str, dict] = {}
+        self.last_step_record: dict | None = None
+        self.error: BaseException | None = None
+        self.window_loss = torch.zeros((), device=self.device)
+        self._user_sinks = list(sinks)
+        self._sinks: list[MetricSink] = []
+        self._thread: threading.Thread | None = None
+        self.run_dir = Path(run_dir) if run_dir else self._default_run_dir()
+
+    # ---- data ----
+    def epoch_plan(self, epoch: int) -> list[list[int]]:
+        return epoch_batches(self._lengths, self.cfg.train.batch_size, self.cfg.train.seed, epoch,
+                             self.cfg.data.group_by_length, self.accelerator.process_index,
+                             self.accelerator.num_processes)
+
+    def collate(self, indices: list[int], rows: list[dict]) -> dict[str, torch.Tensor]:
+        d = self.cfg.data
+        return pad_batch([rows[i] for i in indices], self.tokenizer.pad_token_id, d.pad_to_multiple_of,
+                         d.max_length if d.pad_to_max_length else None)
+
+    # ---- running ----
+    def start(self, background: bool = False) -> "Run":
+        """Train. In the background the notebook stays usable; `wait()` joins and re-raises errors."""
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("this run is already training; use run.control to pause or stop it")
+        if self.state.status in ("finished", "running"):
+            raise RuntimeError(f"this run is {self.state.status}; build a new Run to train again")
+        if background:
+            # copy_context: widget updates from the thread need the kernel's context (ipykernel >= 7.1).
+            ctx = contextvars.copy_context()
+            self._thread = threading.Thread(target=ctx.run, args=(self._train_safely,), daemon=True,
+                                            name=f"nbtune-{self.run_dir.name}")
+            self._thread.start()
+        else:
+            self._train_safely()
+            if self.error is not None:
+                raise self.error
+        return self
+
+    def wait(self, timeout_s: float | None = None) -> "Run":
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        if self.error is not None:
+            raise self.error
+        return self
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _train_safely(self) -> None:
+        self._open_sinks()
+        self.state.status = "running"
+        message = ""
+        try:
+            status = loop.train(self)
+            if status == "finished":
+                self.results["validation"] = self.evaluate("validation")
+                self.results["test"] = self.evaluate("test")
+                self.save_checkpoint()
+            self.state.status = status
+        except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised by start()/wait()
+            self.state.status, self.error = "error", exc
+            message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            self.traceback = traceback.format_exc()
+        finally:
+            self.emit({"kind": "end", "step": self.state.step, "status": self.state.status, "time": time.time(),
+                       "message": message, "results": self.results})
+            self._close_sinks()
+
+    def service_control(self) -> bool:
+        """Apply due commands; block while paused. Returns True when the loop must stop."""
+        while True:
+            for cmd in self.control.due(self.state.step, self.state.micro_step):
+                if cmd.name == "stop":
+                    self.control.log(self.state.step, "stop", None, None)
+                    self.emit(self.control.edits[-1])
+                    self.save_checkpoint()
+                    return True
+                self._apply(cmd)
+            if not self.control.paused:
+                self.state.status = "running"
+                return False
+            self.state.status = "paused"
+            self.control.wait_while_paused()
+
+    def _apply(self, cmd) -> None:
+        step = self.state.step
+        if cmd.name == "checkpoint":
+            self.save_checkpoint()
+            return
+        if cmd.name in ("pause", "resume"):
+            record = self.control.log(step, cmd.name, None, None)
+        elif cmd.name == "lr":
+            record = self.control.log(step, "lr", *self._set_lr(cmd.value))
+        elif cmd.name == "max_grad_norm":
+            record = self.control.log(step, "max_grad_norm", self.max_grad_norm, cmd.value)
+            self.max_grad_norm = cmd.value
+        else:  # weight_decay: groups that decay get the new value; no-decay groups stay at 0
+            groups = [g for g in self.optimizer.param_groups if g["weight_decay"] > 0 or g["name"] == "decay"]
+            record = self.control.log(step, "weight_decay", groups[0]["weight_decay"] if groups else None,
+                                      cmd.value)
+            for g in groups:
+                g["weight_decay"] = cmd.value
+        self.emit(record)
+
+    def _set_lr(self, new: float) -> tuple[float, float]:
+        """Scale every group's current LR and the scheduler's base LRs by one factor, so group ratios hold
+        and the schedule continues from the new value."""
+        groups = self.optimizer.param_groups
+        old = groups[0]["lr"]
+        factor = new / old if old > 0 else new / self.scheduler.base_lrs[0]
+        for i, g in enumerate(groups):
+            g["lr"] *= factor
+            g["initial_lr"] = g.get("initial_lr", self.scheduler.base_lrs[i]) * factor
+        self.scheduler.base_lrs = [b * factor for b in self.scheduler.base_lrs]
+        self.scheduler._last_lr = [g["lr"] for g in groups]
+        return old, groups[0]["lr"]
+
+    def evaluate(self, split: str = "validation") -> dict:
+        """Loss and metrics on a split; the result is also sent to the sinks as an eval record."""
+        result = loop.evaluate(self, split)
+        self.emit({"kind": "eval", "step": self.state.step, "epoch": self.state.epoch, "split": split,
+                   "time": time.time(), **result})
+        return result
+
+    # ---- sinks ----
+    def emit(self, record: dict[str, Any]) -> None:
+        for sink in self._sinks:
+            sink.write(record)
+
+    def _open_sinks(self) -> None:
+        if self.accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(self.cfg.to_yaml(), encoding="utf-8")
+            self._sinks = [JsonlSink(self.run_dir / "metrics.jsonl")]
+            if self.cfg.train.tensorboard:
+                self._sinks.append(TensorBoardSink(self.run_dir / "tensorboard"))
+            if self.cfg.train.progress_bar:
+                self._sinks.append(ConsoleSink(self.total_steps, self.state.step))
+        self._sinks += self._user_sinks
+        self.emit({"kind": "start", "time": time.time(), "config": self.cfg.to_dict(), "device": str(self.device),
+                   "precision": self.precision.name, "world_size": self.accelerator.num_processes,
+                   "total_steps": self.total_steps, "step": self.state.step, "model": self.cfg.model.name,
+                   "dataset": self.cfg.data.dataset, "label_names": self.data.label_names})
+
+    def _close_sinks(self) -> None:
+        for sink in self._sinks:
+            sink.close()
+        self._sinks = []
+
+    def _default_run_dir(self) -> Path:
+        name = self.cfg.run_name or f"{Path(self.cfg.model.name).name}-{Path(self.cfg.data.dataset).stem}-" \
+                                    f"{time.strftime('%Y%m%d-%H%M%S')}"
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+            name = broadcast_object_list([name])[0]  # every rank writes under rank 0's timestamp
+        return Path(self.cfg.output_dir) / name
+
+    # ---- checkpoints ----
+    def save_checkpoint(self) -> Path:
+        """Write an atomic checkpoint of the current position; safe inside an accumulation window."""
+        path = save_run_state(self)
+        self.emit({"kind": "checkpoint", "step": self.state.step, "path": str(path), "time": time.time()})
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> "Run":
+        """Restore weights, optimizer, scheduler, RNG, position and edit log. Refuses a checkpoint whose
+        config or dataset differs, listing what differs."""
+        load_run_state(self, Path(path))
+        return self
+
+    @classmethod
+    def resume(cls, path: str | Path, config: RunConfig | None = None, dataset=None, *,
+               sinks: Iterable[MetricSink] = ()) -> "Run":
+        """A Run rebuilt from a checkpoint directory (or a run directory: its newest complete checkpoint)."""
+        path = Path(path)
+        if (path / "checkpoints").is_dir():
+            found = ckpt.latest(path)
+            if found is None:
+                raise ckpt.CheckpointError(f"{path}: no complete checkpoint under {path / 'checkpoints'}")
+            path = found
+        saved = ckpt.verify(path)
+        run = cls(config or RunConfig.from_dict(saved["config"]), dataset, sinks=sinks, run_dir=path.parent.parent)
+        return run.load_checkpoint(path)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Model and tokenizer in Hugging Face format (from_pretrained can load it)."""
+        directory = Path(directory)
+        if self.accelerator.is_main_process:
+            self.accelerator.unwrap_model(self.model).save_pretrained(directory)
+            self.tokenizer.save_pretrained(directory)
+        return directory
+
+    def summary(self) -> dict:
+        return {"run_dir": str(self.run_dir), "status": self.state.status, "step": self.state.step,
+                "total_steps": self.total_steps, "precision": self.precision.name, "device": str(self.device),
+                "results": self.results, "edits": list(self.control.edits), "state": dataclasses.asdict(self.state)}
+
+    def __repr__(self) -> str:
+        return (f"Run({self.cfg.model.name!r} on {self.cfg.data.dataset!r}, {self.cfg.task}, step "
+                f"{self.state.step}/{self.total_steps}, {self.state.status}, {self.precision.name} on {self.device})")
+

@@ -1,0 +1,171 @@
+"""Per-task pieces: turn dataset rows into token ids + labels, build the model head, score predictions.
+
+Three tasks share one loop: classification (one label per text), token-classification (one BIO tag per
+word, scored on the first sub-token), causal-lm (chat-template SFT with the prompt masked out of the loss,
+or plain text language modelling).
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from nbtune.engine import metrics
+
+IGNORE = -100  # label id the loss skips (padding, prompt tokens, non-first sub-tokens)
+
+
+class DataError(ValueError):
+    """The dataset does not fit the task: a missing column, an empty split, an unusable row."""
+
+
+@dataclass
+class TaskData:
+    """Tokenized rows per split plus what the model head needs to know."""
+    rows: dict[str, list[dict]]                      # split -> [{"input_ids": [...], "labels": ...}]
+    label_names: list[str] = field(default_factory=list)
+    fingerprint_source: str = ""                     # describes the raw rows, hashed for resume checks
+
+
+def check_columns(split, needed: Sequence[str], where: str) -> None:
+    """Raise DataError naming the missing column, the columns that exist and the closest match."""
+    have = list(split.column_names)
+    for col in needed:
+        if col not in have:
+            close = difflib.get_close_matches(col, have, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise DataError(f"{where}: column '{col}' not found; the columns are {have}.{hint} "
+                            f"Set data.text_column / data.label_column to the right names.")
+
+
+def label_names_of(split, column: str) -> list[str]:
+    feature = split.features[column]
+    names = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
+    if names:
+        return list(names)
+    values = list(split[column])
+    flat = {v for row in values for v in row} if values and isinstance(values[0], list) else set(values)
+    return sorted(str(v) for v in flat)
+
+
+def tokenize_classification(ds, tokenizer, text_col: str, label_col: str, max_length: int, where: str) -> TaskData:
+    check_columns(ds["train"], [text_col, label_col], where)
+    names = label_names_of(ds["train"], label_col)
+    index = {n: i for i, n in enumerate(names)}
+    has_classlabel = hasattr(ds["train"].features[label_col], "names")
+    rows: dict[str, list[dict]] = {}
+    for split_name, split in ds.items():
+        texts, labels = list(split[text_col]), list(split[label_col])
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise DataError(f"{where}: split '{split_name}' row {i} column '{text_col}' is "
+                                f"{type(t).__name__}, expected text")
+        enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        ids = [int(v) if has_classlabel else index.get(str(v), -1) for v in labels]
+        unknown = [labels[i] for i, v in enumerate(ids) if v < 0]
+        if unknown:
+            raise DataError(f"{where}: split '{split_name}' has label {unknown[0]!r} not seen in train "
+                            f"(train labels: {names[:20]})")
+        rows[split_name] = [{"input_ids": e, "labels": y} for e, y in zip(enc, ids)]
+    return TaskData(rows, names)
+
+
+def tokenize_tagging(ds, tokenizer, max_length: int, where: str) -> TaskData:
+    check_columns(ds["train"], ["tokens", "tags"], where)
+    names = label_names_of(ds["train"], "tags")
+    rows: dict[str, list[dict]] = {}
+    for split_name, split in ds.items():
+        enc = tokenizer(list(split["tokens"]), is_split_into_words=True, truncation=True, max_length=max_length)
+        out = []
+        for i, tags in enumerate(list(split["tags"])):
+            word_ids, labels, previous = enc.word_ids(i), [], None
+            for w in word_ids:
+                # Only the first sub-token of each word carries the word's tag.
+                labels.append(IGNORE if w is None or w == previous else int(tags[w]))
+                previous = w
+            out.append({"input_ids": enc["input_ids"][i], "labels": labels})
+        rows[split_name] = out
+    return TaskData(rows, names)
+
+
+def tokenize_causal(ds, tokenizer, max_length: int, where: str, model_name: str) -> TaskData:
+    cols = ds["train"].column_names
+    if "messages" not in cols and "text" not in cols:
+        raise DataError(f"{where}: causal-lm needs a 'messages' column (chat turns) or a 'text' column; "
+                        f"the columns are {cols}")
+    rows: dict[str, list[dict]] = {}
+    for split_name, split in ds.items():
+        if "messages" in cols:
+            if not getattr(tokenizer, "chat_template", None):
+                raise DataError(f"the tokenizer of '{model_name}' has no chat template, so chat rows cannot be "
+                                f"formatted; set model.tokenizer to one that has one (e.g. smollm2)")
+            rows[split_name] = [_sft_row(tokenizer, m, max_length) for m in list(split["messages"])]
+        else:
+            enc = tokenizer(list(split["text"]), truncation=True, max_length=max_length)["input_ids"]
+            rows[split_name] = [{"input_ids": e, "labels": list(e)} for e in enc]
+    return TaskData(rows, [])
+
+
+def _sft_row(tokenizer, messages: list[dict], max_length: int) -> dict:
+    """Tokens of the whole chat; labels are IGNORE over the prompt so only the answer is learned."""
+    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True)["input_ids"]
+    full = tokenizer.apply_chat_template(messages, tokenize=True)["input_ids"]
+    if full[:len(prompt)] != prompt:  # a template that rewrites earlier turns: fall back to masking nothing
+        prompt = []
+    full = full[:max_length]
+    labels = [IGNORE] * min(len(prompt), len(full)) + full[len(prompt):]
+    return {"input_ids": full, "labels": labels}
+
+
+def load_model(task: str, path: str, config: Any, label_names: list[str], init: str, trust_remote_code: bool,
+               revision: str | None = None) -> torch.nn.Module:
+    """The model with the head the task needs. `config` is set for random-init presets."""
+    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                              AutoModelForTokenClassification)
+    auto = {"classification": AutoModelForSequenceClassification, "token-classification":
+            AutoModelForTokenClassification, "causal-lm": AutoModelForCausalLM}[task]
+    head = {}
+    if task != "causal-lm":
+        head = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+                "label2id": {n: i for i, n in enumerate(label_names)}}
+    if config is not None or init == "random":
+        if config is None:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+        for k, v in head.items():
+            setattr(config, k, v)
+        return auto.from_config(config, trust_remote_code=trust_remote_code)
+    return auto.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision, **head)
+
+
+def score(task: str, logits: torch.Tensor, labels: torch.Tensor, label_names: list[str]) -> dict:
+    """Per-batch predictions kept for the epoch-level metrics (lists, so ranks can gather them)."""
+    if task == "classification":
+        return {"gold": labels.tolist(), "pred": logits.argmax(-1).tolist()}
+    if task == "token-classification":
+        pred, gold_seqs, pred_seqs = logits.argmax(-1), [], []
+        for g_row, p_row in zip(labels.tolist(), pred.tolist()):
+            keep = [(g, p) for g, p in zip(g_row, p_row) if g != IGNORE]
+            gold_seqs.append([label_names[g] for g, _ in keep])
+            pred_seqs.append([label_names[p] for _, p in keep])
+        return {"gold_seqs": gold_seqs, "pred_seqs": pred_seqs}
+    return {}
+
+
+def summarize(task: str, parts: list[dict], loss_sum: float, loss_count: float) -> dict[str, float]:
+    """Combine per-batch parts into the metrics of one evaluation."""
+    loss = loss_sum / max(loss_count, 1)
+    out = {"loss": loss}
+    if task == "classification":
+        gold = [g for p in parts for g in p["gold"]]
+        pred = [x for p in parts for x in p["pred"]]
+        out.update(accuracy=metrics.accuracy(gold, pred), macro_f1=metrics.macro_f1(gold, pred))
+    elif task == "token-classification":
+        gold = [s for p in parts for s in p["gold_seqs"]]
+        pred = [s for p in parts for s in p["pred_seqs"]]
+        out.update(metrics.tagging_scores(gold, pred))
+    else:
+        out["perplexity"] = math.exp(min(loss, 50.0))
+    return out

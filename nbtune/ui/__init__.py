@@ -1,0 +1,1 @@
+"""Notebook UI: the only package that imports ipywidgets, anywidget, plotly or IPython."""

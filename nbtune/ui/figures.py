@@ -1,0 +1,209 @@
+"""Pure plotly figure builders: ``RunHistory -> go.Figure``. They never show or write anything.
+
+The numbers come from :mod:`nbtune.history`; this module only decides how they look. Each
+builder always emits the same traces in the same order (empty when there is no data yet), so a
+live panel can update a FigureWidget trace by name without rebuilding it.
+
+User-derived text (group names, edit values) is passed through ``html.escape`` before it reaches
+plotly, because plotly renders trace names and hover text as a small subset of HTML.
+
+    >>> from nbtune.history import read_history          # doctest: +SKIP
+    >>> loss_figure(read_history("runs/demo")).show()     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import plotly.graph_objects as go
+
+from nbtune.history import RunHistory, edit_label, loss_info
+
+TRAIN_COLOR = "#1f77b4"
+VAL_COLOR = "#d62728"
+GAP_FILL = "rgba(214, 39, 40, 0.15)"
+EDIT_COLOR = "#7f7f7f"
+BAND_FILL = "rgba(44, 160, 44, 0.12)"
+# Qualitative colours for per-group traces; cycled when there are more groups.
+GROUP_COLORS = ("#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+DEFAULT_HEALTHY_BAND = (0.5, 2.0)
+
+
+def _base_layout(fig: go.Figure, title: str, y_title: str) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "x": 0.01},
+        template="plotly_white",
+        height=340,
+        margin={"l": 60, "r": 30, "t": 60, "b": 45},
+        hovermode="x unified",
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0},
+        xaxis={"title": {"text": "step"}},
+        yaxis={"title": {"text": y_title}},
+    )
+    return fig
+
+
+def _edits_by_step(history: RunHistory) -> dict[int, list[str]]:
+    """Escaped edit labels grouped by step, so edits made at one boundary share one marker."""
+    grouped: dict[int, list[str]] = {}
+    for edit in history.edits:
+        step = edit.get("step")
+        if isinstance(step, (int, float)) and not isinstance(step, bool):
+            grouped.setdefault(int(step), []).append(html.escape(edit_label(edit)))
+    return grouped
+
+
+def _add_edit_markers(fig: go.Figure, history: RunHistory) -> None:
+    """Vertical dotted lines at each edit, plus a hoverable marker at the top of each line.
+
+    Shapes cannot carry hover text, so the markers live on a hidden 0..1 axis overlaying the
+    data axis: they sit at the top of the plot whatever the loss range is.
+    """
+    grouped = _edits_by_step(history)
+    for step in grouped:
+        fig.add_vline(x=step, line={"color": EDIT_COLOR, "width": 1, "dash": "dot"}, layer="below")
+    fig.add_trace(go.Scatter(
+        x=list(grouped), y=[0.97] * len(grouped), yaxis="y2", name="edits", mode="markers",
+        marker={"symbol": "triangle-down", "size": 10, "color": EDIT_COLOR},
+        hovertext=["<br>".join(labels) for labels in grouped.values()], hoverinfo="text",
+    ))
+    fig.update_layout(yaxis2={"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True})
+
+
+def loss_figure(history: RunHistory, smoothing: float = 0.9) -> go.Figure:
+    """Train loss (raw and EMA), validation loss, the shaded train/val gap, and live edits.
+
+    Traces, in order: ``train loss``, ``train loss (EMA)``, ``train EMA at eval`` (hidden lower
+    edge of the gap), ``train/val gap``, ``validation loss``, ``edits``.
+
+        >>> fig = loss_figure(read_history("runs/demo"))      # doctest: +SKIP
+        >>> [t.name for t in fig.data][:2]                    # doctest: +SKIP
+        ['train loss', 'train loss (EMA)']
+    """
+    info = loss_info(history, smoothing)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=info.steps, y=info.loss, name="train loss", mode="lines",
+        line={"color": TRAIN_COLOR, "width": 1}, opacity=0.35,
+    ))
+    fig.add_trace(go.Scatter(
+        x=info.steps, y=info.loss_ema, name="train loss (EMA)", mode="lines",
+        line={"color": TRAIN_COLOR, "width": 2},
+    ))
+    # The gap is filled between two traces ("tonexty"), so the EMA read at the eval steps is
+    # drawn as an invisible line right before the filled one.
+    fig.add_trace(go.Scatter(
+        x=info.val_steps, y=info.ema_at_val, name="train EMA at eval", mode="lines",
+        line={"width": 0}, showlegend=False, hoverinfo="skip",
+    ))
+    fig.add_trace(go.Scatter(
+        x=info.val_steps, y=info.val_loss, name="train/val gap", mode="lines",
+        line={"width": 0}, fill="tonexty", fillcolor=GAP_FILL, hoverinfo="skip",
+    ))
+    fig.add_trace(go.Scatter(
+        x=info.val_steps, y=info.val_loss, name="validation loss", mode="lines+markers",
+        line={"color": VAL_COLOR, "width": 2}, marker={"size": 7},
+    ))
+    _add_edit_markers(fig, history)
+    return _base_layout(fig, "Loss", "loss")
+
+
+def _group_traces(
+    fig: go.Figure, series: dict[str, list[float]], steps: list[int], prefix: str, **style: Any
+) -> None:
+    for i, (group, values) in enumerate(series.items()):
+        fig.add_trace(go.Scatter(
+            x=steps, y=values, name=f"{prefix}{html.escape(group)}", mode="lines",
+            line={"color": GROUP_COLORS[i % len(GROUP_COLORS)], **style},
+        ))
+
+
+def grad_norm_figure(
+    history: RunHistory,
+    healthy_band: tuple[float, float] | None = DEFAULT_HEALTHY_BAND,
+    log_y: bool = False,
+) -> go.Figure:
+    """Total gradient norm, one line per parameter group, clipped steps, and the healthy band.
+
+    The band is a shaded rectangle (a layout shape, not a trace); pass ``healthy_band=None`` to
+    leave it out. Traces: ``grad norm``, ``clipped``, then ``grad norm: <group>`` per group.
+
+        >>> fig = grad_norm_figure(history, healthy_band=(0.3, 1.5))   # doctest: +SKIP
+    """
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=history.steps, y=history.grad_norm, name="grad norm", mode="lines",
+        line={"color": TRAIN_COLOR, "width": 2},
+    ))
+    clipped = [i for i, was_clipped in enumerate(history.clipped) if was_clipped]
+    fig.add_trace(go.Scatter(
+        x=[history.steps[i] for i in clipped], y=[history.grad_norm[i] for i in clipped],
+        name="clipped", mode="markers", marker={"color": VAL_COLOR, "size": 6, "symbol": "x"},
+    ))
+    _group_traces(fig, history.grad_norm_groups, history.steps, "grad norm: ", width=1, dash="dot")
+    if healthy_band is not None:
+        low, high = healthy_band
+        fig.add_hrect(
+            y0=low, y1=high, fillcolor=BAND_FILL, line_width=0, layer="below",
+            annotation_text=f"healthy {low:g}–{high:g}", annotation_position="top left",
+        )
+    _base_layout(fig, "Gradient norm", "grad norm (L2, before clipping)")
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def lr_figure(history: RunHistory) -> go.Figure:
+    """Learning rate per parameter group, with live edits marked.
+
+    Traces: one per group, named by the group, then ``edits``.
+
+        >>> [t.name for t in lr_figure(history).data]          # doctest: +SKIP
+        ['embeddings', 'encoder', 'head', 'edits']
+    """
+    fig = go.Figure()
+    _group_traces(fig, history.lr, history.steps, "", width=2)
+    _add_edit_markers(fig, history)
+    _base_layout(fig, "Learning rate per parameter group", "learning rate")
+    fig.update_yaxes(exponentformat="e", showexponent="all")
+    return fig
+
+
+def throughput_figure(history: RunHistory) -> go.Figure:
+    """Training throughput: samples/s on the left axis, tokens/s on the right.
+
+    Traces: ``samples/s``, ``tokens/s``.
+
+        >>> [t.name for t in throughput_figure(history).data]  # doctest: +SKIP
+        ['samples/s', 'tokens/s']
+    """
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=history.steps, y=history.samples_per_second, name="samples/s", mode="lines",
+        line={"color": TRAIN_COLOR, "width": 2},
+    ))
+    fig.add_trace(go.Scatter(
+        x=history.steps, y=history.tokens_per_second, name="tokens/s", mode="lines",
+        yaxis="y2", line={"color": GROUP_COLORS[0], "width": 1, "dash": "dot"},
+    ))
+    _base_layout(fig, "Throughput", "samples / s")
+    fig.update_layout(
+        yaxis={"rangemode": "tozero"},
+        yaxis2={"overlaying": "y", "side": "right", "title": {"text": "tokens / s"},
+                "showgrid": False, "rangemode": "tozero"},
+    )
+    return fig
+
+
+def run_figures(history: RunHistory, **grad_norm_options: Any) -> dict[str, go.Figure]:
+    """All four charts, keyed ``loss``, ``grad_norm``, ``lr``, ``throughput``.
+
+        >>> figs = run_figures(read_history("runs/demo"), healthy_band=(0.3, 1.5))  # doctest: +SKIP
+    """
+    return {
+        "loss": loss_figure(history),
+        "grad_norm": grad_norm_figure(history, **grad_norm_options),
+        "lr": lr_figure(history),
+        "throughput": throughput_figure(history),
+    }
