@@ -158,3 +158,12 @@ def set_rng_state(state: dict) -> None:
 def load_torch(path: Path) -> Any:
     """torch.load restricted to tensors and plain containers: a crafted pickle cannot run code."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 over every parameter's bytes, in name order: equal digests mean bit-identical weights."""
+    digest = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -121,6 +121,7 @@ class Run:
                 self.results["validation"] = self.evaluate("validation")
                 self.results["test"] = self.evaluate("test")
                 self.save_checkpoint()
+                self._check_ranks_agree()
             self.state.status = status
         except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised by start()/wait()
             self.state.status, self.error = "error", exc
@@ -130,6 +131,16 @@ class Run:
             self.emit({"kind": "end", "step": self.state.step, "status": self.state.status, "time": time.time(),
                        "message": message, "results": self.results})
             self._close_sinks()
+
+    def _check_ranks_agree(self) -> None:
+        """Under DDP every rank must hold bit-identical weights at the end; a mismatch is a bug, not noise."""
+        if self.accelerator.num_processes == 1:
+            return
+        from accelerate.utils import gather_object
+        digests = gather_object([ckpt.weights_digest(self.raw_model)])
+        self.results["weights_digest_by_rank"] = digests
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"ranks disagree on the final weights: {digests}")
 
     def service_control(self) -> bool:
         """Apply due commands; block while paused. Returns True when the loop must stop."""
