@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,11 @@ OPERATIONAL_KEYS = frozenset({
     "output_dir", "run_name", "train.log_every_n_steps", "train.sync_every_n_steps", "train.save_every_n_steps",
     "train.save_total_limit", "train.progress_bar", "train.tensorboard",
 })
+
+
+# What Control can change mid-run, and the actions it logs; a config's `train.edits` may schedule the former.
+SETTABLE_EDITS = ("lr", "max_grad_norm", "weight_decay")
+EDIT_ACTIONS = ("pause", "resume", "stop", "checkpoint")
 
 
 class ConfigError(ValueError):
@@ -142,6 +148,8 @@ class RunConfig:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio!r}")
         if t.max_grad_norm is not None and t.max_grad_norm <= 0:
             raise ConfigError(f"train.max_grad_norm must be > 0 or null, got {t.max_grad_norm!r}")
+        for i, edit in enumerate(t.edits):
+            _check_scheduled_edit(i, edit)
 
     # ---- dict / YAML ----
     def to_dict(self) -> dict:
@@ -209,6 +217,36 @@ def config_diff(a: Mapping[str, Any], b: Mapping[str, Any], ignore: Iterable[str
     """Differing dotted keys between two config dicts: {key: (a_value, b_value)}."""
     fa, fb, skip = flatten(a), flatten(b), set(ignore)
     return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if k not in skip and fa.get(k) != fb.get(k)}
+
+
+def check_edit_value(name: str, value: object) -> None:
+    """Raise ValueError unless `value` is usable for the live edit `name` (lr, max_grad_norm, weight_decay)."""
+    if name not in SETTABLE_EDITS:
+        raise ValueError(f"cannot set {name!r}; settable values are {', '.join(SETTABLE_EDITS)}")
+    if name == "max_grad_norm" and value is None:
+        return  # turns clipping off
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if name in ("lr", "max_grad_norm") and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}" + (" (use None to disable clipping)"
+                                                               if name == "max_grad_norm" else ""))
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+def _check_scheduled_edit(i: int, edit: object) -> None:
+    where = f"train.edits[{i}]"
+    if not isinstance(edit, Mapping) or set(edit) - {"step", "name", "value", "old", "new", "kind", "time"}:
+        raise ConfigError(f"{where} must be a mapping with step, name and value, got {edit!r}")
+    name = edit.get("name")
+    if name in EDIT_ACTIONS:
+        return  # logged actions in an exported edit log are kept but not replayed
+    if not isinstance(edit.get("step"), int) or edit["step"] < 0:
+        raise ConfigError(f"{where}.step must be a step number >= 0, got {edit.get('step')!r}")
+    try:
+        check_edit_value(str(name), edit.get("value", edit.get("new")))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -3,6 +3,7 @@ scheduler. Flat functions, each taking what it needs, so a test can build any on
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -78,9 +79,11 @@ def _load_file(path_text: str):
     from nbtune import assets
     path = Path(path_text)
     if not path.exists():
+        close = difflib.get_close_matches(path_text, list(assets.DATASETS), n=1, cutoff=0.5)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
         raise assets.UnknownAssetError(
-            f"data.dataset={path_text!r} is neither a bundled dataset ({', '.join(assets.DATASETS)}) nor an "
-            f"existing file")
+            f"data.dataset={path_text!r} is neither a bundled dataset nor an existing file.{hint} "
+            f"Bundled datasets: {', '.join(assets.DATASETS)}")
     kind = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json"}.get(path.suffix.lower())
     if kind is None:
         raise tasks.DataError(f"{path}: unsupported file type '{path.suffix}'; use .csv, .tsv, .jsonl or .json")

@@ -17,8 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-SETTABLE = ("lr", "max_grad_norm", "weight_decay")
-ACTIONS = ("pause", "resume", "stop", "checkpoint")
+from nbtune.config import EDIT_ACTIONS as ACTIONS, SETTABLE_EDITS as SETTABLE, check_edit_value
 
 
 @dataclass
@@ -58,12 +57,7 @@ class Control:
 
     def set(self, name: str, value: float | None, at_step: int | None = None) -> None:
         """Change a hyperparameter mid-run: 'lr', 'max_grad_norm' (None disables clipping) or 'weight_decay'."""
-        if name not in SETTABLE:
-            raise ValueError(f"cannot set {name!r}; settable values are {', '.join(SETTABLE)}")
-        if value is not None and (not isinstance(value, (int, float)) or value < 0 or value != value):
-            raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-        if name == "lr" and (value is None or value <= 0):
-            raise ValueError(f"lr must be > 0, got {value!r}")
+        check_edit_value(name, value)
         self._put(Command(name, None if value is None else float(value), at_step=at_step))
 
     @property
@@ -100,7 +94,7 @@ class Control:
         """Queue config-scheduled edits [{step, name, value}] (a live run's log exported as a schedule)."""
         for e in edits:
             if e.get("name") in SETTABLE:
-                self.set(e["name"], e.get("value"), at_step=int(e["step"]))
+                self.set(e["name"], e.get("value", e.get("new")), at_step=int(e["step"]))
 
     def drop_applied(self, edits: list[dict], step: int) -> None:
         """After a resume: forget scheduled commands that the restored edit log shows were already applied."""

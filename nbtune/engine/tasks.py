@@ -42,20 +42,38 @@ def check_columns(split, needed: Sequence[str], where: str) -> None:
 
 
 def label_names_of(split, column: str) -> list[str]:
+    """Label names: a ClassLabel's names, else the distinct values (numbers sorted as numbers)."""
     feature = split.features[column]
     names = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
     if names:
         return list(names)
     values = list(split[column])
     flat = {v for row in values for v in row} if values and isinstance(values[0], list) else set(values)
-    return sorted(str(v) for v in flat)
+    numeric = all(isinstance(v, int) and not isinstance(v, bool) for v in flat)
+    return [str(v) for v in sorted(flat)] if numeric else sorted(str(v) for v in flat)
+
+
+def has_class_names(split, column: str) -> bool:
+    feature = split.features[column]
+    return bool(getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None))
+
+
+def label_ids(values: Sequence, names: list[str], class_names: bool, where: str) -> list[int]:
+    """Values -> ids in `names`; ClassLabel values already are ids. Unknown labels are named in the error."""
+    if class_names:
+        return [int(v) for v in values]
+    index = {n: i for i, n in enumerate(names)}
+    ids = [index.get(str(v), -1) for v in values]
+    if -1 in ids:
+        bad = values[ids.index(-1)]
+        raise DataError(f"{where}: label {bad!r} does not occur in the train split (train labels: {names[:20]})")
+    return ids
 
 
 def tokenize_classification(ds, tokenizer, text_col: str, label_col: str, max_length: int, where: str) -> TaskData:
     check_columns(ds["train"], [text_col, label_col], where)
     names = label_names_of(ds["train"], label_col)
-    index = {n: i for i, n in enumerate(names)}
-    has_classlabel = hasattr(ds["train"].features[label_col], "names")
+    class_names = has_class_names(ds["train"], label_col)
     rows: dict[str, list[dict]] = {}
     for split_name, split in ds.items():
         texts, labels = list(split[text_col]), list(split[label_col])
@@ -64,11 +82,7 @@ def tokenize_classification(ds, tokenizer, text_col: str, label_col: str, max_le
                 raise DataError(f"{where}: split '{split_name}' row {i} column '{text_col}' is "
                                 f"{type(t).__name__}, expected text")
         enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-        ids = [int(v) if has_classlabel else index.get(str(v), -1) for v in labels]
-        unknown = [labels[i] for i, v in enumerate(ids) if v < 0]
-        if unknown:
-            raise DataError(f"{where}: split '{split_name}' has label {unknown[0]!r} not seen in train "
-                            f"(train labels: {names[:20]})")
+        ids = label_ids(labels, names, class_names, f"{where}, split '{split_name}'")
         rows[split_name] = [{"input_ids": e, "labels": y} for e, y in zip(enc, ids)]
     return TaskData(rows, names)
 
@@ -76,15 +90,17 @@ def tokenize_classification(ds, tokenizer, text_col: str, label_col: str, max_le
 def tokenize_tagging(ds, tokenizer, max_length: int, where: str) -> TaskData:
     check_columns(ds["train"], ["tokens", "tags"], where)
     names = label_names_of(ds["train"], "tags")
+    class_names = has_class_names(ds["train"], "tags")
     rows: dict[str, list[dict]] = {}
     for split_name, split in ds.items():
         enc = tokenizer(list(split["tokens"]), is_split_into_words=True, truncation=True, max_length=max_length)
         out = []
-        for i, tags in enumerate(list(split["tags"])):
+        for i, raw_tags in enumerate(list(split["tags"])):
+            tags = label_ids(raw_tags, names, class_names, f"{where}, split '{split_name}' row {i}")
             word_ids, labels, previous = enc.word_ids(i), [], None
             for w in word_ids:
                 # Only the first sub-token of each word carries the word's tag.
-                labels.append(IGNORE if w is None or w == previous else int(tags[w]))
+                labels.append(IGNORE if w is None or w == previous else tags[w])
                 previous = w
             out.append({"input_ids": enc["input_ids"][i], "labels": labels})
         rows[split_name] = out
