@@ -14,7 +14,7 @@ from pathlib import Path
 # The demo: the bundled MiniLM encoder on the bundled English smart-home intents (35 classes).
 DEMO_OVERRIDES = [
     "task=classification", "model.name=minilm", "data.dataset=intents-en", "data.max_train_samples=6000",
-    "data.max_length=64", "train.learning_rate=1e-4", "train.batch_size=32", "train.num_train_epochs=2",
+    "data.max_length=64", "train.learning_rate=2e-4", "train.batch_size=32", "train.num_train_epochs=2",
     "train.warmup_ratio=0.06", "train.eval_every_n_steps=125",
 ]
 
