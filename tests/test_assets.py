@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from nbtune import assets
+from nbtune.data import bundled_rows
 from nbtune.assets import (
     DATASETS, MODELS, AssetError, AssetNotInstalledError, UnknownAssetError, asset_status, dataset_task,
     load_dataset, resolve_model,
@@ -92,7 +93,7 @@ def test_ner_tags_are_bio_and_people_names_span_two_words():
 def test_bio_tags_split_lists_of_chinese_names():
     words = ["江", "泽民", "李", "鹏", "和", "克林顿", "江", "泽民", "在", "北京", "海淀区", "新华社"]
     pos = ["nr", "nr", "nr", "nr", "c", "nr", "nr", "nr", "p", "ns", "ns", "nt"]
-    assert assets._bio_tags(words, pos) == [
+    assert bundled_rows.bio_tags(words, pos) == [
         "B-PER", "I-PER", "B-PER", "I-PER", "O", "B-PER", "B-PER", "I-PER", "O", "B-LOC", "B-LOC", "B-ORG"]
 
 
