@@ -19,7 +19,7 @@ Cases:
 Timing, the same for both tools: wall time of the training loop only. nbtune: `nbtune.engine.loop.train(run)`
 (sinks opened before, closed after; its default JSONL sink stays active as in a real run). Trainer: from
 `on_train_begin` to `on_train_end` of a callback. Model load, tokenization, optimizer construction, evaluation
-and checkpointing are outside the timed region for both. Trials alternate nbtune, Trainer, nbtune, Trainer...
+and checkpointing are outside the timed region for both. Trials alternate nbtune, Trainer, then Trainer, nbtune...
 after one untimed warm-up of each; the reported ratio is the median of the per-pair ratios.
 """
 from __future__ import annotations
@@ -227,11 +227,16 @@ def check_same_rows(nb: dict, tr: dict, dataset: str) -> None:
 
 
 def run_case(case: str, dataset: str, args) -> dict:
-    """`repeats` interleaved (nbtune, Trainer) pairs; ratio = nbtune samples/s over Trainer samples/s."""
+    """`repeats` interleaved pairs, order alternating; ratio = nbtune samples/s over Trainer samples/s."""
     pairs = []
     for i in range(args.repeats):
-        nb = run_nbtune(case, dataset, args.samples)
-        tr = run_trainer(dataset, args.samples)
+        # Alternate who goes first (AB, BA, ...): the CPU clocks up under load, which favours the second runner.
+        if i % 2 == 0:
+            nb = run_nbtune(case, dataset, args.samples)
+            tr = run_trainer(dataset, args.samples)
+        else:
+            tr = run_trainer(dataset, args.samples)
+            nb = run_nbtune(case, dataset, args.samples)
         check_same_rows(nb, tr, dataset)
         for t in (nb, tr):
             t.update(samples_per_second=t["samples"] / t["seconds"], tokens_per_second=t["tokens"] / t["seconds"])
