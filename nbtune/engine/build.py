@@ -3,6 +3,7 @@ scheduler. Flat functions, each taking what it needs, so a test can build any on
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -143,17 +144,33 @@ def load_tokenizer(cfg: RunConfig, resolved):
         from nbtune import assets
         if cfg.model.tokenizer in assets.MODELS:
             source = assets.resolve_model(cfg.model.tokenizer).tokenizer_path
-    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code,
-                                        revision=cfg.model.revision)
+    with _explained_load_errors(cfg.model.tokenizer or cfg.model.name, "tokenizer"):
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code,
+                                            revision=cfg.model.revision)
     if tok.pad_token_id is None:
         # Decoder tokenizers often lack a pad token; padded positions are masked, so EOS is safe to reuse.
         tok.pad_token = tok.eos_token
     return tok
 
 
+@contextlib.contextmanager
+def _explained_load_errors(name: str, what: str):
+    """Turn transformers' OSError (no network, no cache, bad path) into an AssetError a user can act on."""
+    from nbtune import assets
+    try:
+        yield
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise assets.AssetError(
+            f"could not load the {what} of '{name}': {first} Without network access use a bundled model "
+            f"({', '.join(assets.MODELS)}) or a local directory; HF_HUB_OFFLINE=1 makes hub lookups fail at once."
+        ) from exc
+
+
 def build_model(cfg: RunConfig, resolved, label_names: list[str], tokenizer) -> torch.nn.Module:
-    model = tasks.load_model(cfg.task, resolved.path, resolved.config, label_names, cfg.model.init,
-                             cfg.model.trust_remote_code, cfg.model.revision)
+    with _explained_load_errors(cfg.model.name, "model"):
+        model = tasks.load_model(cfg.task, resolved.path, resolved.config, label_names, cfg.model.init,
+                                 cfg.model.trust_remote_code, cfg.model.revision)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
