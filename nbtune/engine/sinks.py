@@ -77,7 +77,7 @@ class ConsoleSink:
     """A tqdm bar with the latest loss and LR; evaluations and edits printed above it."""
 
     def __init__(self, total_steps: int, initial_step: int = 0) -> None:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # the console bar; tqdm.auto would pull ipywidgets into the engine in a notebook
         self._bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
 
     def write(self, record: dict[str, Any]) -> None:
