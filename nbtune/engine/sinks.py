@@ -83,10 +83,9 @@ class ConsoleSink:
     def write(self, record: dict[str, Any]) -> None:
         kind = record.get("kind")
         if kind == "step":
-            self._bar.n = record["step"]
             lr = next(iter((record.get("lr") or {}).values()), float("nan"))
             self._bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
-            self._bar.refresh()
+            self._bar.update(record["step"] - self._bar.n)  # update() honours tqdm's redraw interval
         elif kind == "eval":
             shown = ", ".join(f"{k}={v:.4f}" for k, v in record.items()
                               if isinstance(v, float) and k not in ("epoch", "time"))
