@@ -11,7 +11,8 @@ first N of the bundled train split), batch size, epoch count, learning rate, war
 like Trainer's tqdm and report_to. Each tool keeps its own optimizer implementation (printed).
 
 Cases:
-  a   identical settings: fp32, dynamic padding to the longest row in the batch, no length grouping.
+  a   identical settings: fp32, dynamic padding to the longest row in the batch, no length grouping; Trainer
+      reads the rows in nbtune's batch order (a sequential sampler), so both run the very same batches.
   b   each tool's defaults: Trainer's TrainingArguments defaults (on CPU: fp32, random sampler) against
       nbtune's defaults (precision=auto, data.group_by_length=true). Run on intents-en (short, even lengths)
       and movie-sentiment (review snippets, varied lengths).
@@ -171,8 +172,16 @@ def trainer_args(out_dir: str, total_steps: int):
         warmup_steps=int(round(t.warmup_ratio * total_steps)), seed=SEED)
 
 
-def run_trainer(dataset: str, samples: int) -> dict:
-    """One Trainer trial; timed from on_train_begin to on_train_end."""
+def nbtune_batch_order(samples: int) -> list[int]:
+    """The row order nbtune's ungrouped sampler uses in epoch 0 (it does not depend on lengths)."""
+    from nbtune.engine.batching import epoch_batches
+    plan = epoch_batches([0] * samples, DEFAULTS.train.batch_size, SEED, 0, group_by_length=False)
+    return [i for batch in plan for i in batch]
+
+
+def run_trainer(dataset: str, samples: int, same_order: bool = False) -> dict:
+    """One Trainer trial; timed from on_train_begin to on_train_end. With `same_order`, Trainer reads the rows
+    sequentially in nbtune's order, so both tools run exactly the same batches (same shapes)."""
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, PrinterCallback, Trainer,
                               TrainerCallback, set_seed)
     from nbtune.assets import resolve_model
@@ -187,6 +196,14 @@ def run_trainer(dataset: str, samples: int) -> dict:
     path = resolve_model("minilm").path
     tokenizer = AutoTokenizer.from_pretrained(path)
     data, names = trainer_dataset(dataset, samples, tokenizer)
+    trainer_class = Trainer
+    if same_order:
+        data = data.select(nbtune_batch_order(samples))
+
+        class InOrderTrainer(Trainer):
+            def _get_train_sampler(self, train_dataset=None):
+                return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
+        trainer_class = InOrderTrainer
     set_seed(SEED)
     model = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
@@ -195,7 +212,8 @@ def run_trainer(dataset: str, samples: int) -> dict:
     with tempfile.TemporaryDirectory() as out_dir:
         args = trainer_args(out_dir, total_steps)
         # processing_class=tokenizer makes Trainer pad with DataCollatorWithPadding (longest in the batch).
-        trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[clock])
+        trainer = trainer_class(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                                callbacks=[clock])
         trainer.remove_callback(PrinterCallback)  # it would print the final metrics dict
         trainer.train()
         result = {"seconds": clock.seconds, "cpu_seconds": clock.cpu_seconds, "samples": samples * EPOCHS,
@@ -233,9 +251,9 @@ def run_case(case: str, dataset: str, args) -> dict:
         # Alternate who goes first (AB, BA, ...): the CPU clocks up under load, which favours the second runner.
         if i % 2 == 0:
             nb = run_nbtune(case, dataset, args.samples)
-            tr = run_trainer(dataset, args.samples)
+            tr = run_trainer(dataset, args.samples, same_order=case == "a")
         else:
-            tr = run_trainer(dataset, args.samples)
+            tr = run_trainer(dataset, args.samples, same_order=case == "a")
             nb = run_nbtune(case, dataset, args.samples)
         check_same_rows(nb, tr, dataset)
         for t in (nb, tr):
