@@ -99,7 +99,8 @@ class TrainConfig:
     save_every_n_steps: int | None = _help("Checkpoint every N optimizer steps; null means at the end only.",
                                            default=None)
     save_total_limit: int | None = _help("Keep only the newest N step checkpoints.", default=2)
-    log_every_n_steps: int = _help("Write a metrics line every N steps (every step is recorded).", default=1)
+    log_every_n_steps: int = _help("Send every Nth step record (and the last) to the sinks; 1 sends all.",
+                                   default=1)
     sync_every_n_steps: int = _help("Read device-side metrics to the host every N steps (avoids per-step "
                                     "CUDA syncs).", default=10)
     progress_bar: bool = _help("Show a tqdm progress bar on the console.", default=True)

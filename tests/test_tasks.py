@@ -89,6 +89,15 @@ def test_gradient_accumulation_halves_step_records(tmp_path):
     assert run.state.samples_seen == 32
 
 
+
+def test_log_every_n_steps_thins_step_records_but_keeps_the_last(tmp_path):
+    cfg = _config(tmp_path, "train.batch_size=4", "train.max_steps=7", "train.log_every_n_steps=3")
+    run = Run(cfg, run_dir=tmp_path / "thin")
+    run.start()
+    assert [r["step"] for r in _records(run) if r["kind"] == "step"] == [3, 6, 7]
+    assert run.state.samples_seen == 28  # every step still trained and counted
+
+
 # ---------------------------------------------------------------------------------- token classification
 def test_token_classification_run(tmp_path):
     cfg = _config(tmp_path, "task=token-classification", "data.dataset=peoples-daily-ner", "train.max_steps=2")

@@ -143,17 +143,18 @@ def _flush(run, pending: _Pending) -> None:
         host.append({**r, "loss": next(values), "grad_norm": next(values), "clipped": bool(next(values))})
     for h in host:
         h["grad_norm_groups"] = {g: next(values) for g in h["grad_norm_groups"]}
-    n = len(host)
+    every = run.cfg.train.log_every_n_steps
     for h in host:
         # Throughput is averaged over the flush window: per-step wall time is meaningless without a sync.
         h.update(samples_per_second=pending.samples / elapsed, tokens_per_second=pending.tokens / elapsed,
                  time=time.time())
-        run.emit(h)
+        if h["step"] % every == 0 or h["step"] == run.total_steps:
+            run.emit(h)
     run.state.samples_seen += pending.samples
     run.state.tokens_seen += pending.tokens
     pending.records, pending.samples, pending.tokens = [], 0, 0
     pending.since = time.perf_counter()
-    run.last_step_record = host[n - 1]
+    run.last_step_record = host[-1]
 
 
 def _after_step(run, pending: _Pending, epoch_end: bool) -> None:
