@@ -80,6 +80,10 @@ def test_resume_is_bit_identical(tmp_path, reference, stop_at):
     assert _max_diff(ref_s["optimizer"]["state"], got_s["optimizer"]["state"]) == 0.0
     assert ref_s["scheduler"]["base_lrs"] == got_s["scheduler"]["base_lrs"]
 
+    ref_state = ckpt.verify(ckpt.latest(reference))["state"]
+    got_state = ckpt.verify(ckpt.latest(Path(done["run_dir"])))["state"]
+    assert got_state == ref_state  # position, and samples/tokens seen, including the split window
+
     ref_steps, got_steps = _steps(reference), _steps(Path(done["run_dir"]))
     assert sorted(got_steps) == list(range(1, 13))
     assert [ref_steps[s]["loss"] for s in range(1, 13)] == [got_steps[s]["loss"] for s in range(1, 13)]

@@ -64,8 +64,11 @@ def train(run) -> str:
             last_micro = st.micro_step + 1 == window_len
             rows = batches[st.batch_index]
             batch = run.collate(rows, run.data.rows["train"])
+            n_tokens = int(batch["attention_mask"].sum())  # counted on the host, before the copy
             pending.samples += len(rows)
-            pending.tokens += int(batch["attention_mask"].sum())  # counted on the host, before the copy
+            pending.tokens += n_tokens
+            st.samples_seen += len(rows)
+            st.tokens_seen += n_tokens
             batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
 
             # DDP all-reduces gradients only on the window's last micro-batch.
@@ -150,8 +153,6 @@ def _flush(run, pending: _Pending) -> None:
                  time=time.time())
         if h["step"] % every == 0 or h["step"] == run.total_steps:
             run.emit(h)
-    run.state.samples_seen += pending.samples
-    run.state.tokens_seen += pending.tokens
     pending.records, pending.samples, pending.tokens = [], 0, 0
     pending.since = time.perf_counter()
     run.last_step_record = host[-1]
