@@ -64,6 +64,7 @@ class Run:
         self.results: dict[str, dict] = {}
         self.last_step_record: dict | None = None
         self.error: BaseException | None = None
+        self.traceback: str | None = None  # the formatted traceback when the run ended in an error
         self.window_loss = torch.zeros((), device=self.device)
         self._user_sinks = list(sinks)
         self._sinks: list[MetricSink] = []
