@@ -362,3 +362,26 @@ def edit_label(edit: dict[str, Any]) -> str:
     if old is None and new is None:
         return head
     return f"{head} {format_value(old)} -> {format_value(new)}"
+
+
+def decimate_minmax(xs: list[float], ys: list[float], max_points: int = 5000) -> tuple[list[float], list[float]]:
+    """At most `max_points` points that keep every bucket's minimum and maximum, so spikes stay visible.
+
+    >>> decimate_minmax([0, 1, 2, 3, 4, 5], [0, 9, 1, 1, -5, 1], max_points=4)
+    ([0, 1, 3, 4], [0, 9, 1, -5])
+    """
+    if len(xs) <= max_points:
+        return list(xs), list(ys)
+    buckets = max(1, max_points // 2)
+    size = -(-len(xs) // buckets)  # ceil: every point falls in a bucket
+    out_x: list[float] = []
+    out_y: list[float] = []
+    for start in range(0, len(xs), size):
+        idx = range(start, min(start + size, len(xs)))
+        finite = [i for i in idx if ys[i] == ys[i]] or list(idx)  # NaN gaps are not extremes
+        lo = min(finite, key=lambda i: ys[i])
+        hi = max(finite, key=lambda i: ys[i])
+        for i in ((hi, lo) if hi < lo else (lo, hi)) if lo != hi else (lo,):
+            out_x.append(xs[i])
+            out_y.append(ys[i])
+    return out_x, out_y

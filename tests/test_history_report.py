@@ -243,3 +243,21 @@ def test_report_custom_out_path(tmp_path: Path) -> None:
     out = write_report(run_dir / "metrics.jsonl", tmp_path / "elsewhere" / "r.html")
     assert out == tmp_path / "elsewhere" / "r.html" and out.is_file()
     assert not (run_dir / "report.html").exists()
+
+
+def test_decimate_minmax_caps_points_and_keeps_spikes():
+    import random
+
+    from nbtune.history import decimate_minmax
+
+    rng = random.Random(0)
+    xs = list(range(100_000))
+    ys = [rng.random() for _ in xs]
+    ys[54_321], ys[77_777] = 50.0, -50.0  # one spike up, one down
+    ys[10] = float("nan")
+    dx, dy = decimate_minmax(xs, ys, max_points=5000)
+    assert len(dx) <= 5000
+    assert 50.0 in dy and -50.0 in dy
+    assert dx == sorted(dx) and 54_321 in dx and 77_777 in dx
+    short = decimate_minmax([1, 2, 3], [3, 2, 1])
+    assert short == ([1, 2, 3], [3, 2, 1])

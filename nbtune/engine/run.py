@@ -200,6 +200,13 @@ class Run:
         return result
 
     # ---- sinks ----
+    def add_sink(self, sink: MetricSink) -> MetricSink:
+        """Attach a sink (a panel's pump, a custom logger); works before or during training."""
+        self._user_sinks.append(sink)
+        if self._sinks:  # already running: it sees records from the next one on
+            self._sinks.append(sink)
+        return sink
+
     def emit(self, record: dict[str, Any]) -> None:
         for sink in self._sinks:
             sink.write(record)

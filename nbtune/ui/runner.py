@@ -1,0 +1,90 @@
+"""The bridge between the training thread and the notebook: a throttled pump.
+
+The engine emits records as fast as it trains (thousands a second for tiny models); the Jupyter server drops
+widget messages above about 1,000/s. `Pump` is a metric sink that buffers records and hands them, in
+batches, to a render callback at most `max_hz` times a second, from its own thread (started with
+`contextvars.copy_context().run`, so widget updates reach the right cell on ipykernel >= 7.1). The run's end
+record triggers a final flush, so the last state always reaches the screen. A render that raises does not
+stop training: the error and its traceback are kept on the pump and shown by the panel.
+
+Example:
+    >>> batches = []
+    >>> pump = Pump(batches.append, max_hz=10)
+    >>> pump.write({"kind": "step", "step": 1}); pump.close()
+    >>> [r["step"] for b in batches for r in b]
+    [1]
+"""
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+
+class Pump:
+    """A MetricSink that delivers buffered records to `render(batch)` at most `max_hz` times a second."""
+
+    def __init__(self, render: Callable[[list[dict[str, Any]]], None], max_hz: float = 10.0) -> None:
+        if not 0 < max_hz <= 10:
+            raise ValueError(f"max_hz must be in (0, 10]: the Jupyter server drops widget floods; got {max_hz}")
+        self.render = render
+        self.period_s = 1.0 / max_hz
+        self.renders = 0                      # how many times render() was called
+        self.delivered = 0                    # records handed to render()
+        self.error: BaseException | None = None
+        self.error_traceback: str | None = None
+        self._buffer: list[dict[str, Any]] = []
+        self._wake = threading.Condition()
+        self._closed = False
+        ctx = contextvars.copy_context()
+        self._thread = threading.Thread(target=ctx.run, args=(self._loop,), daemon=True, name="nbtune-pump")
+        self._thread.start()
+
+    # ---- sink side (the training thread) ----
+    def write(self, record: dict[str, Any]) -> None:
+        with self._wake:
+            self._buffer.append(record)
+            if len(self._buffer) == 1:
+                self._wake.notify()  # the pump may be asleep waiting for work
+
+    def close(self) -> None:
+        """Final flush (still rate-limited), then stop the pump thread. Safe to call twice."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    # ---- pump thread ----
+    def _loop(self) -> None:
+        next_allowed = 0.0
+        while True:
+            with self._wake:
+                while not self._buffer and not self._closed:
+                    self._wake.wait()
+            # Sleep outside the lock: records keep arriving and join this batch.
+            delay = next_allowed - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            with self._wake:
+                batch, self._buffer = self._buffer, []
+                closed = self._closed
+            if batch:
+                self._deliver(batch)
+                next_allowed = time.monotonic() + self.period_s
+            if closed:
+                with self._wake:
+                    if not self._buffer:
+                        return
+
+    def _deliver(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            self.render(batch)
+        except Exception as exc:  # noqa: BLE001 - a broken view must not kill training; it is shown instead
+            if self.error is None:
+                self.error, self.error_traceback = exc, traceback.format_exc()
+        finally:
+            self.renders += 1
+            self.delivered += len(batch)
