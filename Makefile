@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.nbtune-installed
 
-.PHONY: setup demo test test-unit bench clean
+.PHONY: setup demo test test-unit bench lab clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ test: setup
 
 test-unit: setup
 	$(PY) -m pytest -p no:cacheprovider
+
+# JupyterLab on the notebooks (the quick start: notebooks/01_quickstart.ipynb).
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/01_quickstart.ipynb
 
 bench: setup
 	$(PY) bench/engine_vs_trainer.py

@@ -18,6 +18,7 @@ _LAZY = {
     "TrainConfig": "nbtune.config", "ConfigError": "nbtune.config",
     "Run": "nbtune.engine.run", "Control": "nbtune.engine.control",
     "assets": "nbtune.assets",
+    "TrainPanel": "nbtune.ui.panels.train",
 }
 
 __all__ = list(_LAZY)

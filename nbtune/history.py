@@ -139,23 +139,25 @@ def _add_step(history: RunHistory, record: dict[str, Any]) -> None:
     _append_group_values(history.grad_norm_groups, record.get("grad_norm_groups"), n_before)
 
 
-def read_history(path_or_run_dir: str | Path) -> RunHistory:
-    """Read ``metrics.jsonl`` (or a run directory holding one) into a :class:`RunHistory`.
+class HistoryBuilder:
+    """Build a :class:`RunHistory` one record at a time, as a live panel receives them.
 
-    Unknown kinds and keys are ignored, a truncated last line is skipped (``truncated`` is set),
-    and any other malformed line raises ``ValueError`` naming the file and line number.
+    ``read_history`` uses the same code, so a live view and a report of the file agree.
 
-        >>> h = read_history("runs/demo")                   # doctest: +SKIP
-        >>> h.steps[-1], h.lr.keys()                        # doctest: +SKIP
-        (300, dict_keys(['embeddings', 'encoder', 'head']))
+        >>> b = HistoryBuilder()
+        >>> b.add({"kind": "step", "step": 1, "loss": 0.5})
+        >>> b.history.loss
+        [0.5]
     """
-    path = _metrics_path(path_or_run_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"no {METRICS_FILENAME} at {path}; is this a run directory?")
-    records, truncated = _parse_lines(path)
-    history = RunHistory(truncated=truncated)
-    for record in records:
-        kind = record.get("kind")
+
+    def __init__(self, history: RunHistory | None = None) -> None:
+        self.history = history if history is not None else RunHistory()
+
+    def add(self, record: dict[str, Any]) -> None:
+        """File one record by its kind; unknown kinds and non-dict records are ignored."""
+        if not isinstance(record, dict):
+            return
+        history, kind = self.history, record.get("kind")
         if kind == "step":
             _add_step(history, record)
         elif kind == "eval":
@@ -171,7 +173,37 @@ def read_history(path_or_run_dir: str | Path) -> RunHistory:
             history.end = None
         elif kind == "end":
             history.end = {k: v for k, v in record.items() if k != "kind"}
-    return history
+
+    def extend(self, records: Any) -> RunHistory:
+        for record in records:
+            self.add(record)
+        return self.history
+
+
+def history_from_records(records: Any) -> RunHistory:
+    """A :class:`RunHistory` from records already in memory (a sink's buffer, a test's list).
+
+        >>> history_from_records([{"kind": "step", "step": 3, "loss": 1.0}]).steps
+        [3]
+    """
+    return HistoryBuilder().extend(records)
+
+
+def read_history(path_or_run_dir: str | Path) -> RunHistory:
+    """Read ``metrics.jsonl`` (or a run directory holding one) into a :class:`RunHistory`.
+
+    Unknown kinds and keys are ignored, a truncated last line is skipped (``truncated`` is set),
+    and any other malformed line raises ``ValueError`` naming the file and line number.
+
+        >>> h = read_history("runs/demo")                   # doctest: +SKIP
+        >>> h.steps[-1], h.lr.keys()                        # doctest: +SKIP
+        (300, dict_keys(['embeddings', 'encoder', 'head']))
+    """
+    path = _metrics_path(path_or_run_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {METRICS_FILENAME} at {path}; is this a run directory?")
+    records, truncated = _parse_lines(path)
+    return HistoryBuilder(RunHistory(truncated=truncated)).extend(records)
 
 
 def ema(values: list[float], smoothing: float = 0.9) -> list[float]:

@@ -266,6 +266,12 @@ class Run:
         run = cls(config or RunConfig.from_dict(saved["config"]), dataset, sinks=sinks, run_dir=path.parent.parent)
         return run.load_checkpoint(path)
 
+    def panel(self, **options: Any):
+        """The live training panel for this run (JupyterLab). Imported only when called: the engine itself
+        never loads a widget library."""
+        from nbtune.ui.panels.train import TrainPanel
+        return TrainPanel(self, **options)
+
     def save_pretrained(self, directory: str | Path) -> Path:
         """Model and tokenizer in Hugging Face format (from_pretrained can load it)."""
         directory = Path(directory)

@@ -1,0 +1,268 @@
+"""The live training panel: four charts updated in place, controls, status line, intervention log, advisor.
+
+Compute -> info -> render: records from the run's sinks are folded into a `RunHistory` (nbtune.history), the
+pure builders in nbtune.ui.figures turn it into figures, and their data is copied into FigureWidgets that
+were built once. Updates come from a throttled `Pump` (at most 10 a second). Every change goes through
+`run.control`. All user text is escaped; errors (training or rendering) are shown, never swallowed.
+
+Example:
+    >>> import nbtune as nt
+    >>> run = nt.Run(nt.RunConfig(model="tiny-bert", data="trec"))   # doctest: +SKIP
+    >>> panel = nt.TrainPanel(run); panel                             # doctest: +SKIP
+    >>> panel.start_button.click()                                    # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import html
+import math
+import os
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Iterable
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+
+from nbtune.advisor import advise
+from nbtune.history import HistoryBuilder, RunHistory, edit_label, summary
+from nbtune.ui import figures
+from nbtune.ui.panels.train_controls import AdviceView, ControlBar
+from nbtune.ui.runner import Pump
+
+# Clip rate is measured over this many recent steps.
+CLIP_RATE_WINDOW = 100
+MAX_LOG_LINES = 50
+
+
+class TrainPanel:
+    """Live view and controls for one `Run`. Display it as the last expression of a cell.
+
+    Args:
+        run: the Run to watch and steer (started here with the Start button, or elsewhere).
+        healthy_band: (low, high) gradient-norm band shaded on the grad-norm chart; None hides it.
+        smoothing: EMA smoothing of the train loss, in [0, 1).
+        max_points: at most this many points per trace (min/max-preserving decimation).
+        max_hz: UI updates per second, at most 10.
+    """
+
+    def __init__(self, run: Any, *, healthy_band: tuple[float, float] | None = figures.DEFAULT_HEALTHY_BAND,
+                 smoothing: float = 0.9, max_points: int = 5000, max_hz: float = 10.0) -> None:
+        self.run = run
+        self.healthy_band = healthy_band
+        self.smoothing = smoothing
+        self.max_points = max_points
+        self.sent: list[str] = []          # commands sent from this panel, for the intervention log
+        self.error: str | None = None      # the first error shown (message)
+        self._builder = HistoryBuilder()
+        self._lock = threading.RLock()
+
+        empty = RunHistory()
+        self.loss_fig = go.FigureWidget(figures.loss_figure(empty, smoothing))
+        self.grad_norm_fig = go.FigureWidget(figures.grad_norm_figure(empty, healthy_band))
+        self.lr_fig = go.FigureWidget(figures.lr_figure(empty))
+        self.throughput_fig = go.FigureWidget(figures.throughput_figure(empty))
+        self.figures = {"loss": self.loss_fig, "grad_norm": self.grad_norm_fig, "lr": self.lr_fig,
+                        "throughput": self.throughput_fig}
+
+        self.header_html = widgets.HTML()
+        self.status_html = widgets.HTML()
+        self.log_html = widgets.HTML()
+        self.error_html = widgets.HTML(layout={"display": "none"})
+        self.traceback_html = widgets.HTML()
+        self.error_details = widgets.Accordion(children=[self.traceback_html], selected_index=None,
+                                               layout={"display": "none"})
+        self.error_details.set_title(0, "Traceback")
+        self.controls = ControlBar(run, on_sent=self._sent, on_error=self._command_error)
+        self.advice = AdviceView(on_action=lambda a: self.controls._guard(self.controls.apply_action, a))
+        self.advisor_box = self.advice.advisor_box
+        c = self.controls
+        self.start_button, self.pause_button, self.stop_button = c.start_button, c.pause_button, c.stop_button
+        self.checkpoint_button, self.lr_slider, self.clip_slider = c.checkpoint_button, c.lr_slider, c.clip_slider
+        self.weight_decay_box = c.weight_decay_box
+
+        charts = widgets.GridBox(list(self.figures.values()),
+                                 layout={"grid_template_columns": "repeat(2, minmax(0, 1fr))"})
+        self.widget = widgets.VBox([self.header_html, self.status_html, self.controls.widget, self.error_html,
+                                    self.error_details, charts, self.advice.widget, self.log_html])
+        self._render_text()
+        self.pump = run.add_sink(Pump(self._on_records, max_hz=max_hz))
+
+    # ---- widgets tests and notebooks reach for ----
+    @property
+    def history(self) -> RunHistory:
+        return self._builder.history
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def close(self) -> None:
+        """Final flush of pending records; the run also closes the pump when it ends."""
+        self.pump.close()
+
+    # ---- records in (the pump thread) ----
+    def _on_records(self, records: list[dict[str, Any]]) -> None:
+        with self._lock:
+            try:
+                for record in records:
+                    self._builder.add(record)
+                self.refresh()
+                for record in records:
+                    if record.get("kind") == "end":
+                        self._on_end(record)
+            except Exception as exc:  # noqa: BLE001 - shown in the panel instead of lost in a thread
+                self.show_error(f"the panel failed to render: {type(exc).__name__}: {exc}", traceback.format_exc())
+
+    def _on_end(self, record: dict[str, Any]) -> None:
+        self.controls.finished()
+        if record.get("status") == "error":
+            message = str(record.get("message") or getattr(self.run, "error", None) or "training failed")
+            self.show_error(f"training stopped with an error: {message}", getattr(self.run, "traceback", None))
+
+    def refresh(self) -> None:
+        """Recompute every view from the history and copy it into the existing widgets."""
+        with self._lock:
+            h = self.history
+            _sync(self.loss_fig, figures.loss_figure(h, self.smoothing), self.max_points)
+            grad = figures.grad_norm_figure(h, self.healthy_band)
+            grad.layout.title.text = f"Gradient norm · {clip_rate_text(h.clipped)}"
+            _sync(self.grad_norm_fig, grad, self.max_points)
+            _sync(self.lr_fig, figures.lr_figure(h), self.max_points)
+            _sync(self.throughput_fig, figures.throughput_figure(h), self.max_points)
+            self._render_text()
+            self._run_advisor()
+
+    # ---- text ----
+    def _render_text(self) -> None:
+        self.header_html.value = header_html(self.run, self.history)
+        self.status_html.value = status_html(self.run, self.history)
+        self.log_html.value = log_html(self.history.edits, self.sent)
+
+    def _run_advisor(self) -> None:
+        self.show_advice(advise(self.history))
+
+    def show_advice(self, advice_list: Iterable[Any]) -> None:
+        """Show advisor messages (escaped) with a button per suggested action; nothing is applied unasked."""
+        self.advice.show(advice_list)
+
+    def _sent(self, text: str) -> None:
+        with self._lock:
+            self.sent.append(text)
+            self.log_html.value = log_html(self.history.edits, self.sent)
+
+    def _command_error(self, exc: BaseException) -> None:
+        self.show_error(f"command refused: {type(exc).__name__}: {exc}", None)
+
+    def show_error(self, message: str, traceback_text: str | None = None) -> None:
+        """Show an error above the charts; the traceback, when there is one, sits in a collapsed section."""
+        if self.error is None:
+            self.error = message
+        self.error_html.value = f'<div style="color:#b00020"><b>Error:</b> {html.escape(message)}</div>'
+        self.error_html.layout.display = None
+        if traceback_text:
+            self.traceback_html.value = f"<pre>{html.escape(traceback_text)}</pre>"
+            self.error_details.layout.display = None
+
+
+# ---- pure text builders (escaped) ----
+def header_html(run: Any, history: RunHistory) -> str:
+    start = history.start or {}
+    cfg = getattr(run, "cfg", None)
+    name = getattr(getattr(run, "run_dir", None), "name", None) or getattr(cfg, "run_name", None) or "run"
+    model = start.get("model") or getattr(getattr(cfg, "model", None), "name", "?")
+    dataset = start.get("dataset") or getattr(getattr(cfg, "data", None), "dataset", "?")
+    labels = start.get("label_names") or getattr(getattr(run, "data", None), "label_names", None) or []
+    shown = ", ".join(html.escape(str(x)) for x in list(labels)[:12]) + (" …" if len(labels) > 12 else "")
+    label_part = f" · {len(labels)} labels: {shown}" if labels else ""
+    return (f"<b>{html.escape(str(name))}</b> · model {html.escape(str(model))} · "
+            f"data {html.escape(str(dataset))}{label_part}")
+
+
+def status_html(run: Any, history: RunHistory) -> str:
+    state = getattr(run, "state", None)
+    step = history.steps[-1] if history.steps else getattr(state, "step", 0)
+    total = (history.start or {}).get("total_steps") or getattr(run, "total_steps", "?")
+    status = (history.end or {}).get("status") or getattr(state, "status", "?")
+    epoch = history.epoch[-1] if history.epoch and math.isfinite(history.epoch[-1]) else getattr(state, "epoch", 0)
+    s = summary(history)
+    best = (f"best {s['best_metric']} {s['best_value']:.4g} @ step {s['best_step']}"
+            if s["best_metric"] else "best —")
+    precision = getattr(getattr(run, "precision", None), "name", None) or (history.start or {}).get("precision")
+    device = getattr(run, "device", None) or (history.start or {}).get("device")
+    parts = [str(status), f"step {step}/{total}", f"epoch {float(epoch):.2f}",
+             f"ETA {eta_text(history, total)}", best, f"{device} · {precision}", memory_text(device)]
+    return "<code>" + " | ".join(html.escape(p) for p in parts) + "</code>"
+
+
+def eta_text(history: RunHistory, total: Any) -> str:
+    """Remaining time at the average pace since the first logged step."""
+    pairs = [(s, t) for s, t in zip(history.steps, history.time) if math.isfinite(t)]
+    if len(pairs) < 2 or not isinstance(total, int) or history.end is not None:
+        return "—"
+    (s0, t0), (s1, t1) = pairs[0], pairs[-1]
+    if s1 <= s0 or t1 <= t0:
+        return "—"
+    seconds = (total - s1) * (t1 - t0) / (s1 - s0)
+    return time.strftime("%H:%M:%S", time.gmtime(max(seconds, 0)))
+
+
+def clip_rate_text(clipped: list[bool], window: int = CLIP_RATE_WINDOW) -> str:
+    """Share of recent steps whose gradient was clipped.
+
+        >>> clip_rate_text([True, False, False, False])
+        'clipped 25% of last 4 steps'
+    """
+    recent = clipped[-window:]
+    if not recent:
+        return "clip rate —"
+    return f"clipped {sum(recent) / len(recent):.0%} of last {len(recent)} steps"
+
+
+def memory_text(device: Any) -> str:
+    """GPU memory allocated on CUDA; otherwise the process RSS (psutil if installed, else /proc/self/statm)."""
+    torch = sys.modules.get("torch")
+    if str(device).startswith("cuda") and torch is not None and torch.cuda.is_available():
+        return f"GPU {torch.cuda.memory_allocated(device) / 2**20:.0f} MiB"
+    try:
+        import psutil
+        rss = psutil.Process().memory_info().rss
+    except ImportError:
+        try:
+            with open("/proc/self/statm", encoding="ascii") as f:
+                rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return "memory n/a"
+    return f"RSS {rss / 2**20:.0f} MiB"
+
+
+def log_html(edits: list[dict[str, Any]], sent: list[str]) -> str:
+    applied = "".join(f"<li>{html.escape(edit_label(e))}</li>" for e in edits[-MAX_LOG_LINES:])
+    queued = "".join(f"<li>{html.escape(s)}</li>" for s in sent[-MAX_LOG_LINES:])
+    return (f"<b>Interventions</b> ({len(edits)} applied)<ol>{applied}</ol>"
+            + (f"<details><summary>sent from this panel ({len(sent)})</summary><ul>{queued}</ul></details>"
+               if sent else ""))
+
+
+# ---- figure sync ----
+def _sync(widget: go.FigureWidget, fig: go.Figure, max_points: int) -> None:
+    """Copy trace data (decimated), shapes and title from a freshly built figure into the live widget."""
+    from nbtune.history import decimate_minmax
+    have = {t.name for t in widget.data}
+    missing = [t for t in fig.data if t.name not in have]
+    if missing:
+        widget.add_traces(missing)  # a parameter group seen for the first time: same widget, one more trace
+    by_name = {t.name: t for t in widget.data}
+    with widget.batch_update():
+        for src in fig.data:
+            xs, ys = list(src.x or ()), list(src.y or ())
+            if src.hovertext is None:
+                xs, ys = decimate_minmax(xs, ys, max_points)
+            else:
+                by_name[src.name].hovertext = src.hovertext
+            target = by_name[src.name]
+            target.x, target.y = xs, ys
+        if len(widget.layout.shapes) != len(fig.layout.shapes) or widget.layout.shapes != fig.layout.shapes:
+            widget.layout.shapes = fig.layout.shapes
+        if widget.layout.title.text != fig.layout.title.text:
+            widget.layout.title.text = fig.layout.title.text

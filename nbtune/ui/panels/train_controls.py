@@ -1,0 +1,164 @@
+"""The training panel's controls: buttons, sliders and advisor actions that talk to `run.control` only.
+
+Nothing here touches the optimizer: every change is a Control command, applied by the loop at the next
+step boundary and logged there as an edit record (which the panel then draws on the loss chart).
+
+Example:
+    >>> bar = ControlBar(run, on_sent=print, on_error=print)      # doctest: +SKIP
+    >>> bar.lr_slider.value = 1e-4      # queues run.control.set("lr", 1e-4)  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import html
+import math
+from typing import Any, Callable, Iterable
+
+import ipywidgets as widgets
+
+from nbtune.history import format_value
+
+# FloatLogSlider bounds, as powers of ten.
+LR_EXPONENT_RANGE = (-7.0, -1.0)
+CLIP_RANGE = (0.05, 10.0)
+
+
+class ControlBar:
+    """Start, Pause/Resume (one toggle), Stop, Checkpoint now, LR slider, max-grad-norm slider, weight decay.
+
+    `on_sent(text)` is told about every command sent (for the intervention log); `on_error(exc)` about
+    every command that was refused (a bad value, a run that cannot start again).
+    """
+
+    def __init__(self, run: Any, on_sent: Callable[[str], None], on_error: Callable[[BaseException], None]) -> None:
+        self.run = run
+        self._on_sent = on_sent
+        self._on_error = on_error
+        self._pause_requested = False
+        t = run.cfg.train
+        self.start_button = widgets.Button(description="Start", icon="play", button_style="success")
+        self.pause_button = widgets.Button(description="Pause", icon="pause")
+        self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="danger")
+        self.checkpoint_button = widgets.Button(description="Checkpoint now", icon="save")
+        lo, hi = LR_EXPONENT_RANGE
+        lr = float(t.learning_rate)
+        self.lr_slider = widgets.FloatLogSlider(
+            value=min(max(lr, 10 ** lo), 10 ** hi), base=10, min=lo, max=hi, step=0.05,
+            description="LR", continuous_update=False, readout_format=".1e")
+        clip = t.max_grad_norm if t.max_grad_norm is not None else 1.0
+        self.clip_slider = widgets.FloatSlider(
+            value=min(max(float(clip), CLIP_RANGE[0]), CLIP_RANGE[1]), min=CLIP_RANGE[0], max=CLIP_RANGE[1],
+            step=0.05, description="max grad norm", continuous_update=False,
+            style={"description_width": "initial"})
+        self.weight_decay_box = widgets.BoundedFloatText(
+            value=float(t.weight_decay), min=0.0, max=1.0, step=0.001, description="weight decay",
+            style={"description_width": "initial"}, layout={"width": "200px"})
+
+        self.start_button.on_click(lambda _: self._guard(self.start))
+        self.pause_button.on_click(lambda _: self._guard(self.toggle_pause))
+        self.stop_button.on_click(lambda _: self._guard(self.stop))
+        self.checkpoint_button.on_click(lambda _: self._guard(self.checkpoint))
+        self.lr_slider.observe(lambda c: self._guard(self.set, "lr", c["new"]), names="value")
+        self.clip_slider.observe(lambda c: self._guard(self.set, "max_grad_norm", c["new"]), names="value")
+        self.weight_decay_box.observe(lambda c: self._guard(self.set, "weight_decay", c["new"]), names="value")
+
+        self.widget = widgets.VBox([
+            widgets.HBox([self.start_button, self.pause_button, self.stop_button, self.checkpoint_button]),
+            widgets.HBox([self.lr_slider, self.clip_slider, self.weight_decay_box]),
+        ])
+
+    # ---- commands ----
+    def start(self) -> None:
+        self.run.start(background=True)
+        self.start_button.disabled = True
+        self._on_sent("start")
+
+    def toggle_pause(self) -> None:
+        """Pause, or resume when a pause was requested; the label always says what the next click does."""
+        if self._pause_requested or self.run.control.paused:
+            self.run.control.resume()
+            self._pause_requested = False
+            self.pause_button.description, self.pause_button.icon = "Pause", "pause"
+            self._on_sent("resume")
+        else:
+            self.run.control.pause()
+            self._pause_requested = True
+            self.pause_button.description, self.pause_button.icon = "Resume", "play"
+            self._on_sent("pause")
+
+    def stop(self) -> None:
+        self.run.control.stop()
+        self._on_sent("stop")
+
+    def checkpoint(self) -> None:
+        self.run.control.checkpoint()
+        self._on_sent("checkpoint")
+
+    def set(self, name: str, value: Any) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        self.run.control.set(name, value)
+        self._on_sent(f"set {name} = {format_value(value)}")
+
+    def apply_action(self, action: Any) -> None:
+        """Carry out one advisor action (only ever on a click): set, stop or checkpoint."""
+        command = getattr(action, "command", None)
+        if command == "set":
+            self.set(action.name, action.value)
+        elif command == "stop":
+            self.stop()
+        elif command == "checkpoint":
+            self.checkpoint()
+        else:
+            raise ValueError(f"unknown advisor action command {command!r}; expected set, stop or checkpoint")
+
+    def finished(self) -> None:
+        """The run ended: nothing left to steer."""
+        for button in (self.start_button, self.pause_button, self.stop_button, self.checkpoint_button):
+            button.disabled = True
+
+    def _guard(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - a refused command is shown in the panel, not lost
+            self._on_error(exc)
+
+
+class AdviceView:
+    """The health-advisor area: escaped messages, each with buttons for its suggested actions."""
+
+    def __init__(self, on_action: Callable[[Any], None]) -> None:
+        self._on_action = on_action
+        self._shown: tuple = ()
+        self.advisor_box = widgets.HTML(value="")
+        self.actions_box = widgets.VBox([])
+        self.widget = widgets.VBox([self.advisor_box, self.actions_box])
+
+    def show(self, advice_list: Iterable[Any]) -> None:
+        advice_list = list(advice_list)
+        key = tuple((str(getattr(a, "message", a)), tuple(_action_key(x) for x in getattr(a, "actions", ())))
+                    for a in advice_list)
+        if key == self._shown:
+            return  # same advice as before: keep the buttons (and any click in flight)
+        self._shown = key
+        if not advice_list:
+            self.advisor_box.value = ""
+            self.actions_box.children = ()
+            return
+        items = "".join(f"<li>{html.escape(str(getattr(a, 'message', a)))}</li>" for a in advice_list)
+        self.advisor_box.value = f"<b>Advisor</b><ul>{items}</ul>"
+        rows = []
+        for a in advice_list:
+            buttons = []
+            for action in getattr(a, "actions", ()):
+                button = widgets.Button(description=str(getattr(action, "label", "apply")),
+                                        tooltip=str(getattr(a, "message", "")))
+                button.on_click(lambda _, action=action: self._on_action(action))
+                buttons.append(button)
+            if buttons:
+                rows.append(widgets.HBox(buttons))
+        self.actions_box.children = tuple(rows)
+
+
+def _action_key(action: Any) -> tuple:
+    return (getattr(action, "label", None), getattr(action, "command", None), getattr(action, "name", None),
+            repr(getattr(action, "value", None)))

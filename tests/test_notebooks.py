@@ -1,0 +1,33 @@
+"""The notebooks run headless with nbclient (a real kernel, no browser), with small parameters."""
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def _with_parameters(nb, source: str):
+    """Replace the cell tagged `parameters` (the papermill convention) with smaller values."""
+    (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    cell.source = source
+    return nb
+
+
+@pytest.mark.integration
+def test_quickstart_notebook_executes(tmp_path):
+    nb = _with_parameters(nbformat.read(NOTEBOOKS / "01_quickstart.ipynb", as_version=4), "STEPS = 20\nEVAL_EVERY = 10")
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors, errors
+    last = nb.cells[-1].outputs[-1]["data"]["text/plain"]
+    assert "'accuracy'" in last and "'macro_f1'" in last
+    # the run resumed into the same run directory and finished all 20 steps
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    kinds = [json.loads(line)["kind"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert kinds.count("end") == 2 and "edit" in kinds
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "step"]
+    assert max(steps) == 20
