@@ -261,3 +261,22 @@ def test_decimate_minmax_caps_points_and_keeps_spikes():
     assert dx == sorted(dx) and 54_321 in dx and 77_777 in dx
     short = decimate_minmax([1, 2, 3], [3, 2, 1])
     assert short == ([1, 2, 3], [3, 2, 1])
+
+
+def test_snapshot_html_is_self_contained_and_escaped():
+    from plotly.offline import get_plotlyjs
+
+    from nbtune.history import history_from_records
+    from nbtune.ui.report import snapshot_html
+
+    hostile = "<img src=x onerror=alert(1)>"
+    records = [{"kind": "start", "model": hostile, "dataset": "d", "total_steps": 2, "config": {}},
+               {"kind": "step", "step": 1, "loss": 1.0, "lr": {hostile: 1e-4}},
+               {"kind": "step", "step": 2, "loss": 0.5, "lr": {hostile: 1e-4}},
+               {"kind": "edit", "step": 1, "name": "lr", "old": 1e-4, "new": 5e-5},
+               {"kind": "eval", "step": 2, "split": "validation", "loss": 0.7, "accuracy": 0.5},
+               {"kind": "end", "step": 2, "status": "finished"}]
+    page = snapshot_html(history_from_records(records))
+    assert page.count(get_plotlyjs()) == 1 and 'src="http' not in page
+    assert hostile not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "nbtune run finished: step 2 of 2" in page and "Final evaluation" in page and "0.7" in page

@@ -94,3 +94,30 @@ def test_pump_on_a_real_background_run_sees_every_record(tmp_path):
     assert pump.error is None
     assert [r["step"] for r in seen if r["kind"] == "step"] == list(range(1, 13))
     assert seen[0]["kind"] == "start" and seen[-1]["kind"] == "end" and seen[-1]["status"] == "finished"
+
+
+def test_pump_restarts_after_close_when_records_come_again():
+    seen = []
+    pump = Pump(seen.extend, max_hz=10)
+    pump.write({"kind": "end", "step": 3})
+    pump.close()  # what the run does when it stops
+    pump.write({"kind": "start", "step": 3})  # Start pressed again on the same run
+    pump.write({"kind": "step", "step": 4})
+    pump.close()
+    assert [r["kind"] for r in seen] == ["end", "start", "step"]
+
+
+def test_panel_outside_a_notebook_falls_back_to_console_and_report(tmp_path, capsys):
+    from nbtune.config import RunConfig
+    from nbtune.engine.run import Run
+    from nbtune.ui.panels import ConsoleFallback
+
+    run = Run(RunConfig().with_overrides([
+        "model.name=tiny-bert", "data.dataset=trec", "data.max_train_samples=32", "data.max_eval_samples=8",
+        "train.batch_size=4", "train.max_steps=4", "train.progress_bar=false", "train.tensorboard=false",
+        f"output_dir={tmp_path}"]))
+    fallback = run.panel()
+    assert isinstance(fallback, ConsoleFallback)
+    run.start()
+    assert fallback.report_path == run.run_dir / "report.html" and fallback.report_path.is_file()
+    assert "nbtune: report written to" in capsys.readouterr().out

@@ -212,3 +212,30 @@ def test_long_runs_are_decimated_but_keep_spikes(tmp_path):
 def test_lazy_public_name():
     import nbtune as nt
     assert nt.TrainPanel is TrainPanel
+
+
+def test_static_snapshot_replaces_the_placeholder_when_the_run_ends(tmp_path, monkeypatch):
+    import IPython.display
+
+    shown, updates = [], []
+
+    class Handle:
+        def update(self, obj):
+            updates.append(obj)
+
+    def fake_display(obj, display_id=None):
+        shown.append(obj)
+        return Handle() if display_id else None
+
+    monkeypatch.setattr(IPython.display, "display", fake_display)
+    run = Run(RunConfig().with_overrides([
+        "model.name=tiny-bert", "data.dataset=trec", "data.max_train_samples=32", "data.max_eval_samples=8",
+        "train.batch_size=4", "train.max_steps=5", "train.progress_bar=false", "train.tensorboard=false",
+        f"output_dir={tmp_path}"]))
+    panel = TrainPanel(run)
+    panel._ipython_display_()
+    assert shown[0] is panel.widget and len(shown) == 2  # the widget, then an empty placeholder
+    run.start(background=True).wait()
+    panel.close()
+    assert len(updates) == 1 and "nbtune-snapshot" in updates[0].data
+    assert "step 5 of 5" in updates[0].data

@@ -267,10 +267,10 @@ class Run:
         return run.load_checkpoint(path)
 
     def panel(self, **options: Any):
-        """The live training panel for this run (JupyterLab). Imported only when called: the engine itself
-        never loads a widget library."""
-        from nbtune.ui.panels.train import TrainPanel
-        return TrainPanel(self, **options)
+        """The live training panel in JupyterLab; elsewhere a progress bar and report.html at the end.
+        Imported only when called: the engine itself never loads a widget library."""
+        from nbtune.ui.panels import open_panel
+        return open_panel(self, **options)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Model and tokenizer in Hugging Face format (from_pretrained can load it)."""

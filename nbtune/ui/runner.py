@@ -37,6 +37,13 @@ class Pump:
         self.error_traceback: str | None = None
         self._buffer: list[dict[str, Any]] = []
         self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._restart()
+
+    def _restart(self) -> None:
+        """Start the pump thread; after a close, first let the old one finish its final flush."""
+        if self._thread is not None:
+            self._thread.join()  # called without the lock held: the old thread needs it to exit
         self._closed = False
         ctx = contextvars.copy_context()
         self._thread = threading.Thread(target=ctx.run, args=(self._loop,), daemon=True, name="nbtune-pump")
@@ -44,6 +51,8 @@ class Pump:
 
     # ---- sink side (the training thread) ----
     def write(self, record: dict[str, Any]) -> None:
+        if self._closed:
+            self._restart()  # the run was started again (Start after Stop): keep pumping
         with self._wake:
             self._buffer.append(record)
             if len(self._buffer) == 1:

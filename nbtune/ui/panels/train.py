@@ -28,6 +28,7 @@ import plotly.graph_objects as go
 from nbtune.advisor import advise
 from nbtune.history import HistoryBuilder, RunHistory, edit_label, summary
 from nbtune.ui import figures
+from nbtune.ui.report import snapshot_html
 from nbtune.ui.panels.train_controls import AdviceView, ControlBar
 from nbtune.ui.runner import Pump
 
@@ -56,6 +57,7 @@ class TrainPanel:
         self.sent: list[str] = []          # commands sent from this panel, for the intervention log
         self.error: str | None = None      # the first error shown (message)
         self._builder = HistoryBuilder()
+        self._snapshot: Any = None         # the display handle of the static snapshot, once displayed
         self._lock = threading.RLock()
 
         empty = RunHistory()
@@ -97,6 +99,13 @@ class TrainPanel:
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
 
+    def _ipython_display_(self) -> None:
+        from IPython.display import HTML, display
+        display(self.widget)
+        # A plain output beside the widget, filled with a static snapshot when the run ends: widget state
+        # needs a live kernel, so without this a saved and reopened notebook would show no curves.
+        self._snapshot = display(HTML(""), display_id=True)
+
     def close(self) -> None:
         """Final flush of pending records; the run also closes the pump when it ends."""
         self.pump.close()
@@ -116,6 +125,9 @@ class TrainPanel:
 
     def _on_end(self, record: dict[str, Any]) -> None:
         self.controls.finished()
+        if self._snapshot is not None:
+            from IPython.display import HTML
+            self._snapshot.update(HTML(snapshot_html(self.history, self.healthy_band)))
         if record.get("status") == "error":
             message = str(record.get("message") or getattr(self.run, "error", None) or "training failed")
             self.show_error(f"training stopped with an error: {message}", getattr(self.run, "traceback", None))
