@@ -121,3 +121,23 @@ def test_panel_outside_a_notebook_falls_back_to_console_and_report(tmp_path, cap
     run.start()
     assert fallback.report_path == run.run_dir / "report.html" and fallback.report_path.is_file()
     assert "nbtune: report written to" in capsys.readouterr().out
+
+
+def test_slow_renders_are_spaced_so_rendering_takes_at_most_its_share():
+    stamps = []
+
+    def slow(batch):
+        stamps.append(time.monotonic())
+        time.sleep(0.05)  # a render that costs 50 ms
+
+    pump = Pump(slow, max_hz=10, max_busy_fraction=0.1)  # so at least 0.45 s between renders
+    end = time.monotonic() + 2.0
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+        pump.write({"kind": "step", "step": n})
+        time.sleep(0.001)
+    pump.close()
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert gaps and min(gaps) >= 0.05 + 0.45 - 0.01
+    assert pump.delivered == n

@@ -26,11 +26,17 @@ from typing import Any, Callable
 class Pump:
     """A MetricSink that delivers buffered records to `render(batch)` at most `max_hz` times a second."""
 
-    def __init__(self, render: Callable[[list[dict[str, Any]]], None], max_hz: float = 10.0) -> None:
+    def __init__(self, render: Callable[[list[dict[str, Any]]], None], max_hz: float = 10.0,
+                 max_busy_fraction: float = 0.1) -> None:
         if not 0 < max_hz <= 10:
             raise ValueError(f"max_hz must be in (0, 10]: the Jupyter server drops widget floods; got {max_hz}")
+        if not 0 < max_busy_fraction <= 1:
+            raise ValueError(f"max_busy_fraction must be in (0, 1], got {max_busy_fraction}")
         self.render = render
         self.period_s = 1.0 / max_hz
+        # Rendering shares the CPU (and the GIL) with training: after a render that took d seconds, wait at least
+        # d * (1/f - 1), so rendering never takes more than a fraction f of the time, however slow it gets.
+        self.max_busy_fraction = max_busy_fraction
         self.renders = 0                      # how many times render() was called
         self.delivered = 0                    # records handed to render()
         self.error: BaseException | None = None
@@ -81,8 +87,11 @@ class Pump:
                 batch, self._buffer = self._buffer, []
                 closed = self._closed
             if batch:
+                began = time.monotonic()
                 self._deliver(batch)
-                next_allowed = time.monotonic() + self.period_s
+                ended = time.monotonic()
+                busy_s = ended - began
+                next_allowed = ended + max(self.period_s, busy_s * (1 / self.max_busy_fraction - 1))
             if closed:
                 with self._wake:
                     if not self._buffer:
