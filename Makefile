@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml requirements/assets.txt
 demo: setup
 	$(VENV)/bin/nbtune demo
 
-# Every tier that runs on a CPU machine (unit + integration); GPU tests skip without CUDA.
+# Every tier that runs on a CPU machine: unit, integration and browser (Debian chromium at /usr/bin/chromium;
+# the browser tests skip, saying so, where it is missing). GPU tests skip without CUDA.
 test: setup
-	$(PY) -m pytest -m "not browser" -p no:cacheprovider
+	$(PY) -m pytest -m "not gpu or gpu" -p no:cacheprovider
 
 test-unit: setup
 	$(PY) -m pytest -p no:cacheprovider

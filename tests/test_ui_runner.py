@@ -28,6 +28,7 @@ def test_flood_is_throttled_and_nothing_is_dropped():
     start = time.monotonic()
     sent = _flood(pump, 2.0)
     pump.close()
+    pump.join()
     elapsed = time.monotonic() - start
     assert sent > 1000
     assert [r.get("step") for r in seen] == [r for r in range(1, sent)] + [sent - 1]  # every record, in order
@@ -45,8 +46,10 @@ def test_close_flushes_what_is_buffered():
     for i in range(3):
         pump.write({"kind": "step", "step": i})
     pump.close()
+    pump.join()
     assert sum(len(b) for b in batches) == 3
     pump.close()  # idempotent
+    pump.join()
 
 
 def test_render_error_is_kept_and_training_side_never_raises():
@@ -61,6 +64,7 @@ def test_render_error_is_kept_and_training_side_never_raises():
     time.sleep(0.25)
     pump.write({"kind": "step", "step": 2})  # still accepted after the failure
     pump.close()
+    pump.join()
     assert isinstance(pump.error, ValueError) and "bad figure" in pump.error_traceback
     assert pump.delivered == 2 and len(calls) >= 1
 
@@ -70,6 +74,7 @@ def test_renders_happen_on_the_pump_thread():
     pump = Pump(lambda batch: threads.add(threading.current_thread().name), max_hz=10)
     pump.write({"kind": "step", "step": 1})
     pump.close()
+    pump.join()
     assert threads == {"nbtune-pump"}
 
 
@@ -91,6 +96,7 @@ def test_pump_on_a_real_background_run_sees_every_record(tmp_path):
     seen = []
     pump = run.add_sink(Pump(seen.extend, max_hz=10))
     run.start(background=True).wait()
+    pump.join()  # the run closes the pump without waiting for the final render
     assert pump.error is None
     assert [r["step"] for r in seen if r["kind"] == "step"] == list(range(1, 13))
     assert seen[0]["kind"] == "start" and seen[-1]["kind"] == "end" and seen[-1]["status"] == "finished"
@@ -101,9 +107,11 @@ def test_pump_restarts_after_close_when_records_come_again():
     pump = Pump(seen.extend, max_hz=10)
     pump.write({"kind": "end", "step": 3})
     pump.close()  # what the run does when it stops
+    pump.join()
     pump.write({"kind": "start", "step": 3})  # Start pressed again on the same run
     pump.write({"kind": "step", "step": 4})
     pump.close()
+    pump.join()
     assert [r["kind"] for r in seen] == ["end", "start", "step"]
 
 
@@ -138,6 +146,7 @@ def test_slow_renders_are_spaced_so_rendering_takes_at_most_its_share():
         pump.write({"kind": "step", "step": n})
         time.sleep(0.001)
     pump.close()
+    pump.join()
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     assert gaps and min(gaps) >= 0.05 + 0.45 - 0.01
     assert pump.delivered == n

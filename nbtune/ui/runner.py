@@ -10,7 +10,7 @@ stop training: the error and its traceback are kept on the pump and shown by the
 Example:
     >>> batches = []
     >>> pump = Pump(batches.append, max_hz=10)
-    >>> pump.write({"kind": "step", "step": 1}); pump.close()
+    >>> pump.write({"kind": "step", "step": 1}); pump.close(); pump.join()
     >>> [r["step"] for b in batches for r in b]
     [1]
 """
@@ -65,22 +65,28 @@ class Pump:
                 self._wake.notify()  # the pump may be asleep waiting for work
 
     def close(self) -> None:
-        """Final flush (still rate-limited), then stop the pump thread. Safe to call twice."""
+        """Ask for the final flush and return at once: the training thread that closes its sinks must not wait
+        for a slow render (Stop has to end training quickly). `join()` waits for the flush. Safe to repeat."""
         with self._wake:
             self._closed = True
             self._wake.notify()
-        if threading.current_thread() is not self._thread:
-            self._thread.join()
+
+    def join(self, timeout_s: float | None = None) -> None:
+        """Wait until everything written so far has been rendered (after `close()`)."""
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            self._thread.join(timeout_s)
 
     # ---- pump thread ----
     def _loop(self) -> None:
-        next_allowed = 0.0
+        next_allowed = last_end = 0.0
         while True:
             with self._wake:
                 while not self._buffer and not self._closed:
                     self._wake.wait()
-            # Sleep outside the lock: records keep arriving and join this batch.
-            delay = next_allowed - time.monotonic()
+                closing = self._closed
+            # Sleep outside the lock: records keep arriving and join this batch. The final flush keeps the
+            # 10 Hz limit but skips the slow-render spacing, so the last state shows up promptly.
+            delay = (last_end + self.period_s if closing else next_allowed) - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             with self._wake:
@@ -89,9 +95,9 @@ class Pump:
             if batch:
                 began = time.monotonic()
                 self._deliver(batch)
-                ended = time.monotonic()
-                busy_s = ended - began
-                next_allowed = ended + max(self.period_s, busy_s * (1 / self.max_busy_fraction - 1))
+                last_end = time.monotonic()
+                busy_s = last_end - began
+                next_allowed = last_end + max(self.period_s, busy_s * (1 / self.max_busy_fraction - 1))
             if closed:
                 with self._wake:
                     if not self._buffer:

@@ -108,8 +108,10 @@ class TrainPanel:
         self._snapshot = display(HTML(""), display_id=True)
 
     def close(self) -> None:
-        """Final flush of pending records; the run also closes the pump when it ends."""
+        """Final flush of pending records, waiting until they are drawn; the run also closes the pump (without
+        waiting) when it ends."""
         self.pump.close()
+        self.pump.join()
 
     # ---- records in (the pump thread) ----
     def _on_records(self, records: list[dict[str, Any]]) -> None:
@@ -148,6 +150,8 @@ class TrainPanel:
 
     # ---- text ----
     def _render_text(self) -> None:
+        if self.run.state.status in ("running", "paused"):
+            self.start_button.disabled = True  # started from code: the button must not start it twice
         self.header_html.value = header_html(self.run, self.history)
         self.status_html.value = status_html(self.run, self.history)
         self.log_html.value = log_html(self.history.edits, self.sent)
