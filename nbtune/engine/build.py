@@ -167,8 +167,24 @@ def _explained_load_errors(name: str, what: str):
         ) from exc
 
 
+@contextlib.contextmanager
+def _quiet_load():
+    """Hide transformers' load report and progress bar while loading: a new task head is always reported as
+    "MISSING" weights when fine-tuning, which reads like an error in a notebook. Real warnings still show."""
+    from transformers.utils import logging as hf_logging
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def build_model(cfg: RunConfig, resolved, label_names: list[str], tokenizer) -> torch.nn.Module:
-    with _explained_load_errors(cfg.model.name, "model"):
+    with _explained_load_errors(cfg.model.name, "model"), _quiet_load():
         model = tasks.load_model(cfg.task, resolved.path, resolved.config, label_names, cfg.model.init,
                                  cfg.model.trust_remote_code, cfg.model.revision)
     if getattr(model.config, "pad_token_id", None) is None:
