@@ -54,11 +54,6 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def staging_dir(final: Path) -> Path:
-    """The temporary directory a checkpoint is written into before it is renamed to `final`."""
-    return final.parent / f".tmp-{final.name}-{os.getpid()}"
-
-
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
 
@@ -122,13 +117,12 @@ def latest(run_dir: Path) -> Path | None:
 
 
 def prune(run_dir: Path, keep: int | None) -> None:
-    """Delete all but the newest `keep` step checkpoints, and stale staging dirs of dead processes."""
+    """Delete all but the newest `keep` step checkpoints, and staging dirs left by interrupted saves."""
     root = Path(run_dir) / "checkpoints"
     if keep is None or not root.is_dir():
         return
-    for stale in root.glob(".tmp-*"):
-        if not stale.name.endswith(f"-{os.getpid()}"):
-            shutil.rmtree(stale, ignore_errors=True)
+    for stale in root.glob(".tmp-*"):  # called after our own staging dir was renamed: these are from crashes
+        shutil.rmtree(stale, ignore_errors=True)
     complete = sorted(root.glob("step-*"))
     for old in complete[:-keep] if keep > 0 else complete:
         shutil.rmtree(old, ignore_errors=True)
