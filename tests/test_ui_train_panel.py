@@ -169,7 +169,7 @@ def test_render_error_surfaces_in_the_panel(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError(f"figure exploded {HOSTILE}")
 
-    monkeypatch.setattr("nbtune.ui.figures.lr_figure", broken)
+    monkeypatch.setattr("nbtune.ui.figures.lr_series", broken)
     panel.pump.write({"kind": "step", "step": 1, "loss": 1.0, "lr": {"decay": 1e-4}})
     panel.close()
     assert "figure exploded" in panel.error_html.value and panel.error_html.layout.display != "none"

@@ -54,19 +54,77 @@ def _edits_by_step(history: RunHistory) -> dict[int, list[str]]:
     return grouped
 
 
+Series = dict[str, tuple[list[Any], list[Any]]]
+
+
+def edit_markers(history: RunHistory) -> tuple[list[int], list[str]]:
+    """Steps that carry live edits and the (escaped) hover text of each marker."""
+    grouped = _edits_by_step(history)
+    return list(grouped), ["<br>".join(labels) for labels in grouped.values()]
+
+
+def edit_shapes(steps: list[int]) -> list[dict[str, Any]]:
+    """One dotted vertical line per edit step, spanning the plot height."""
+    return [{"type": "line", "xref": "x", "yref": "paper", "x0": s, "x1": s, "y0": 0, "y1": 1, "layer": "below",
+             "line": {"color": EDIT_COLOR, "width": 1, "dash": "dot"}} for s in steps]
+
+
+def _edit_series(history: RunHistory) -> Series:
+    steps, _ = edit_markers(history)
+    return {"edits": (steps, [0.97] * len(steps))}
+
+
+def loss_series(history: RunHistory, smoothing: float = 0.9) -> Series:
+    """The loss chart's data, trace name -> (x, y); see `loss_figure` for the traces."""
+    info = loss_info(history, smoothing)
+    return {"train loss": (info.steps, info.loss), "train loss (EMA)": (info.steps, info.loss_ema),
+            "train EMA at eval": (info.val_steps, info.ema_at_val), "train/val gap": (info.val_steps, info.val_loss),
+            "validation loss": (info.val_steps, info.val_loss), **_edit_series(history)}
+
+
+def grad_norm_series(history: RunHistory) -> Series:
+    """Total and per-group pre-clip gradient norm, and the clipped steps."""
+    clipped = [i for i, was_clipped in enumerate(history.clipped) if was_clipped]
+    out: Series = {"grad norm": (history.steps, history.grad_norm),
+                   "clipped": ([history.steps[i] for i in clipped], [history.grad_norm[i] for i in clipped])}
+    for group, values in history.grad_norm_groups.items():
+        out[f"grad norm: {html.escape(group)}"] = (history.steps, values)
+    return out
+
+
+def lr_series(history: RunHistory) -> Series:
+    """Learning rate per parameter group (trace named by the escaped group name), then the edits."""
+    out: Series = {html.escape(group): (history.steps, values) for group, values in history.lr.items()}
+    return {**out, **_edit_series(history)}
+
+
+def throughput_series(history: RunHistory) -> Series:
+    return {"samples/s": (history.steps, history.samples_per_second),
+            "tokens/s": (history.steps, history.tokens_per_second)}
+
+
+def chart_series(history: RunHistory, smoothing: float = 0.9) -> dict[str, Series]:
+    """Every chart's data without building figures: what a live view copies into its widgets.
+
+        >>> sorted(chart_series(RunHistory()))
+        ['grad_norm', 'loss', 'lr', 'throughput']
+    """
+    return {"loss": loss_series(history, smoothing), "grad_norm": grad_norm_series(history),
+            "lr": lr_series(history), "throughput": throughput_series(history)}
+
+
 def _add_edit_markers(fig: go.Figure, history: RunHistory) -> None:
     """Vertical dotted lines at each edit, plus a hoverable marker at the top of each line.
 
     Shapes cannot carry hover text, so the markers live on a hidden 0..1 axis overlaying the
     data axis: they sit at the top of the plot whatever the loss range is.
     """
-    grouped = _edits_by_step(history)
-    for step in grouped:
-        fig.add_vline(x=step, line={"color": EDIT_COLOR, "width": 1, "dash": "dot"}, layer="below")
+    steps, hover = edit_markers(history)
+    fig.update_layout(shapes=edit_shapes(steps))
     fig.add_trace(go.Scatter(
-        x=list(grouped), y=[0.97] * len(grouped), yaxis="y2", name="edits", mode="markers",
+        x=steps, y=[0.97] * len(steps), yaxis="y2", name="edits", mode="markers",
         marker={"symbol": "triangle-down", "size": 10, "color": EDIT_COLOR},
-        hovertext=["<br>".join(labels) for labels in grouped.values()], hoverinfo="text",
+        hovertext=hover, hoverinfo="text",
     ))
     fig.update_layout(yaxis2={"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True})
 
@@ -81,42 +139,30 @@ def loss_figure(history: RunHistory, smoothing: float = 0.9) -> go.Figure:
         >>> [t.name for t in fig.data][:2]                    # doctest: +SKIP
         ['train loss', 'train loss (EMA)']
     """
-    info = loss_info(history, smoothing)
+    s = loss_series(history, smoothing)
+    style: dict[str, dict[str, Any]] = {
+        "train loss": {"mode": "lines", "line": {"color": TRAIN_COLOR, "width": 1}, "opacity": 0.35},
+        "train loss (EMA)": {"mode": "lines", "line": {"color": TRAIN_COLOR, "width": 2}},
+        # The gap is filled between two traces ("tonexty"), so the EMA read at the eval steps is
+        # drawn as an invisible line right before the filled one.
+        "train EMA at eval": {"mode": "lines", "line": {"width": 0}, "showlegend": False, "hoverinfo": "skip"},
+        "train/val gap": {"mode": "lines", "line": {"width": 0}, "fill": "tonexty", "fillcolor": GAP_FILL,
+                          "hoverinfo": "skip"},
+        "validation loss": {"mode": "lines+markers", "line": {"color": VAL_COLOR, "width": 2}, "marker": {"size": 7}},
+    }
     fig = go.Figure()
-    fig.add_trace(go.Scatter(
-        x=info.steps, y=info.loss, name="train loss", mode="lines",
-        line={"color": TRAIN_COLOR, "width": 1}, opacity=0.35,
-    ))
-    fig.add_trace(go.Scatter(
-        x=info.steps, y=info.loss_ema, name="train loss (EMA)", mode="lines",
-        line={"color": TRAIN_COLOR, "width": 2},
-    ))
-    # The gap is filled between two traces ("tonexty"), so the EMA read at the eval steps is
-    # drawn as an invisible line right before the filled one.
-    fig.add_trace(go.Scatter(
-        x=info.val_steps, y=info.ema_at_val, name="train EMA at eval", mode="lines",
-        line={"width": 0}, showlegend=False, hoverinfo="skip",
-    ))
-    fig.add_trace(go.Scatter(
-        x=info.val_steps, y=info.val_loss, name="train/val gap", mode="lines",
-        line={"width": 0}, fill="tonexty", fillcolor=GAP_FILL, hoverinfo="skip",
-    ))
-    fig.add_trace(go.Scatter(
-        x=info.val_steps, y=info.val_loss, name="validation loss", mode="lines+markers",
-        line={"color": VAL_COLOR, "width": 2}, marker={"size": 7},
-    ))
+    for name, kwargs in style.items():
+        x, y = s[name]
+        fig.add_trace(go.Scatter(x=x, y=y, name=name, **kwargs))
     _add_edit_markers(fig, history)
     return _base_layout(fig, "Loss", "loss")
 
 
-def _group_traces(
-    fig: go.Figure, series: dict[str, list[float]], steps: list[int], prefix: str, **style: Any
-) -> None:
-    for i, (group, values) in enumerate(series.items()):
-        fig.add_trace(go.Scatter(
-            x=steps, y=values, name=f"{prefix}{html.escape(group)}", mode="lines",
-            line={"color": GROUP_COLORS[i % len(GROUP_COLORS)], **style},
-        ))
+def _group_traces(fig: go.Figure, series: Series, names: list[str], **style: Any) -> None:
+    for i, name in enumerate(names):
+        x, y = series[name]
+        fig.add_trace(go.Scatter(x=x, y=y, name=name, mode="lines",
+                                 line={"color": GROUP_COLORS[i % len(GROUP_COLORS)], **style}))
 
 
 def grad_norm_figure(
@@ -131,17 +177,13 @@ def grad_norm_figure(
 
         >>> fig = grad_norm_figure(history, healthy_band=(0.3, 1.5))   # doctest: +SKIP
     """
+    s = grad_norm_series(history)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(
-        x=history.steps, y=history.grad_norm, name="grad norm", mode="lines",
-        line={"color": TRAIN_COLOR, "width": 2},
-    ))
-    clipped = [i for i, was_clipped in enumerate(history.clipped) if was_clipped]
-    fig.add_trace(go.Scatter(
-        x=[history.steps[i] for i in clipped], y=[history.grad_norm[i] for i in clipped],
-        name="clipped", mode="markers", marker={"color": VAL_COLOR, "size": 6, "symbol": "x"},
-    ))
-    _group_traces(fig, history.grad_norm_groups, history.steps, "grad norm: ", width=1, dash="dot")
+    fig.add_trace(go.Scatter(x=s["grad norm"][0], y=s["grad norm"][1], name="grad norm", mode="lines",
+                             line={"color": TRAIN_COLOR, "width": 2}))
+    fig.add_trace(go.Scatter(x=s["clipped"][0], y=s["clipped"][1], name="clipped", mode="markers",
+                             marker={"color": VAL_COLOR, "size": 6, "symbol": "x"}))
+    _group_traces(fig, s, [n for n in s if n.startswith("grad norm: ")], width=1, dash="dot")
     if healthy_band is not None:
         low, high = healthy_band
         fig.add_hrect(
@@ -162,8 +204,9 @@ def lr_figure(history: RunHistory) -> go.Figure:
         >>> [t.name for t in lr_figure(history).data]          # doctest: +SKIP
         ['embeddings', 'encoder', 'head', 'edits']
     """
+    s = lr_series(history)
     fig = go.Figure()
-    _group_traces(fig, history.lr, history.steps, "", width=2)
+    _group_traces(fig, s, [n for n in s if n != "edits"], width=2)
     _add_edit_markers(fig, history)
     _base_layout(fig, "Learning rate per parameter group", "learning rate")
     fig.update_yaxes(exponentformat="e", showexponent="all")
@@ -178,15 +221,12 @@ def throughput_figure(history: RunHistory) -> go.Figure:
         >>> [t.name for t in throughput_figure(history).data]  # doctest: +SKIP
         ['samples/s', 'tokens/s']
     """
+    s = throughput_series(history)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(
-        x=history.steps, y=history.samples_per_second, name="samples/s", mode="lines",
-        line={"color": TRAIN_COLOR, "width": 2},
-    ))
-    fig.add_trace(go.Scatter(
-        x=history.steps, y=history.tokens_per_second, name="tokens/s", mode="lines",
-        yaxis="y2", line={"color": GROUP_COLORS[0], "width": 1, "dash": "dot"},
-    ))
+    fig.add_trace(go.Scatter(x=s["samples/s"][0], y=s["samples/s"][1], name="samples/s", mode="lines",
+                             line={"color": TRAIN_COLOR, "width": 2}))
+    fig.add_trace(go.Scatter(x=s["tokens/s"][0], y=s["tokens/s"][1], name="tokens/s", mode="lines",
+                             yaxis="y2", line={"color": GROUP_COLORS[0], "width": 1, "dash": "dot"}))
     _base_layout(fig, "Throughput", "samples / s")
     fig.update_layout(
         yaxis={"rangemode": "tozero"},
