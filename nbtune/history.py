@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 METRICS_FILENAME = "metrics.jsonl"
 
 # Eval metrics where a lower value is better; everything else is taken as higher-is-better.
@@ -397,23 +399,25 @@ def edit_label(edit: dict[str, Any]) -> str:
 
 
 def decimate_minmax(xs: list[float], ys: list[float], max_points: int = 5000) -> tuple[list[float], list[float]]:
-    """At most `max_points` points that keep every bucket's minimum and maximum, so spikes stay visible.
+    """At most `max_points` points that keep every bucket's minimum and maximum, so spikes stay visible, and the
+    first and last points, so the chart ends at the current value.
 
     >>> decimate_minmax([0, 1, 2, 3, 4, 5], [0, 9, 1, 1, -5, 1], max_points=4)
-    ([0, 1, 3, 4], [0, 9, 1, -5])
+    ([0, 1, 4, 5], [0, 9, -5, 1])
     """
     if len(xs) <= max_points:
         return list(xs), list(ys)
-    buckets = max(1, max_points // 2)
-    size = -(-len(xs) // buckets)  # ceil: every point falls in a bucket
-    out_x: list[float] = []
-    out_y: list[float] = []
-    for start in range(0, len(xs), size):
-        idx = range(start, min(start + size, len(xs)))
-        finite = [i for i in idx if ys[i] == ys[i]] or list(idx)  # NaN gaps are not extremes
-        lo = min(finite, key=lambda i: ys[i])
-        hi = max(finite, key=lambda i: ys[i])
-        for i in ((hi, lo) if hi < lo else (lo, hi)) if lo != hi else (lo,):
-            out_x.append(xs[i])
-            out_y.append(ys[i])
-    return out_x, out_y
+    # vectorised: a live panel decimates ~10 series of 50,000 points several times a second
+    n = len(xs)
+    size = -(-n // max(1, (max_points - 2) // 2))  # ceil: every point falls in a bucket; 2 left for the ends
+    y = np.asarray(ys, dtype=float)
+    rows = np.concatenate([y, np.full((-n) % size, np.nan)]).reshape(-1, size)
+    finite = ~np.isnan(rows)  # NaN gaps are not extremes (an all-NaN bucket keeps its first point)
+    lo = np.where(finite, rows, np.inf).argmin(axis=1)
+    hi = np.where(finite, rows, -np.inf).argmax(axis=1)
+    base = np.arange(len(rows)) * size
+    idx = np.stack([base + np.minimum(lo, hi), base + np.maximum(lo, hi)], axis=1).ravel()
+    keep = np.ones(len(idx), dtype=bool)
+    keep[1::2] = lo != hi
+    idx = np.union1d(idx[keep], [0, n - 1])
+    return np.asarray(xs)[idx].tolist(), np.asarray(ys)[idx].tolist()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import subprocess
@@ -263,20 +264,38 @@ def test_decimate_minmax_caps_points_and_keeps_spikes():
     assert short == ([1, 2, 3], [3, 2, 1])
 
 
-def test_snapshot_html_is_self_contained_and_escaped():
-    from plotly.offline import get_plotlyjs
-
+def test_snapshot_png_draws_the_run_and_leaves_pyplot_alone():
+    """The static snapshot is a PNG of the four charts, with the run's headline."""
     from nbtune.history import history_from_records
-    from nbtune.ui.report import snapshot_html
+    from nbtune.ui.snapshot import headline, snapshot_bundle
 
-    hostile = "<img src=x onerror=alert(1)>"
-    records = [{"kind": "start", "model": hostile, "dataset": "d", "total_steps": 2, "config": {}},
-               {"kind": "step", "step": 1, "loss": 1.0, "lr": {hostile: 1e-4}},
-               {"kind": "step", "step": 2, "loss": 0.5, "lr": {hostile: 1e-4}},
-               {"kind": "edit", "step": 1, "name": "lr", "old": 1e-4, "new": 5e-5},
-               {"kind": "eval", "step": 2, "split": "validation", "loss": 0.7, "accuracy": 0.5},
-               {"kind": "end", "step": 2, "status": "finished"}]
-    page = snapshot_html(history_from_records(records))
-    assert page.count(get_plotlyjs()) == 1 and 'src="http' not in page
-    assert hostile not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
-    assert "nbtune run finished: step 2 of 2" in page and "Final evaluation" in page and "0.7" in page
+    records = [{"kind": "start", "model": "m", "dataset": "d", "total_steps": 40}]
+    records += [{"kind": "step", "step": s, "loss": 1.0 / s, "grad_norm": 1.0, "lr": {"decay": 1e-4},
+                 "samples_per_second": 10.0, "clipped": s == 7} for s in range(1, 41)]
+    records += [{"kind": "eval", "step": 20, "split": "validation", "loss": 0.3, "accuracy": 0.75},
+                {"kind": "edit", "step": 10, "name": "lr", "old": 1e-4, "new": 5e-5},
+                {"kind": "end", "step": 40, "status": "finished"}]
+    history = history_from_records(records)
+    assert headline(history) == "nbtune run finished: step 40 of 40 (m on d); best accuracy 0.75 @ step 20"
+    bundle = snapshot_bundle(history)
+    png = base64.b64decode(bundle["image/png"])
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and bundle["text/plain"] == headline(history)
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (1080, 594)
+    empty = base64.b64decode(snapshot_bundle(history_from_records([]))["image/png"])
+    assert len(empty) < len(png)  # drawn curves add pixels: the data really is plotted
+    # user text with matplotlib's math markers or HTML is drawn literally, never parsed
+    odd = history_from_records([{"kind": "start", "model": "$\\frac{", "dataset": "<b>x</b>"},
+                                {"kind": "step", "step": 1, "loss": 1.0, "lr": {"$x^{": 1e-4}}])
+    assert "$\\frac{" in snapshot_bundle(odd)["text/plain"]
+
+
+def test_decimate_minmax_nan_buckets_and_order():
+    """NaN gaps never count as extremes; an all-NaN bucket keeps one point; x stays increasing."""
+    from nbtune.history import decimate_minmax
+    nan = float("nan")
+    xs = list(range(12))
+    ys = [5, nan, 1, 9, nan, nan, nan, nan, 2, 2, 2, 7]
+    dx, dy = decimate_minmax(xs, ys, max_points=8)      # 3 buckets of 4: min and max of each, in x order
+    assert dx == [0, 2, 3, 4, 8, 11]                    # ... plus the first and last points
+    assert dy[:3] == [5, 1, 9] and dy[3] != dy[3] and dy[4:] == [2, 7]

@@ -2,6 +2,8 @@
 errors shown. No kernel and no browser: ipywidgets run comm-less, so values and traits are checked directly."""
 from __future__ import annotations
 
+import base64
+
 import json
 import time
 from types import SimpleNamespace
@@ -220,10 +222,10 @@ def test_static_snapshot_replaces_the_placeholder_when_the_run_ends(tmp_path, mo
     shown, updates = [], []
 
     class Handle:
-        def update(self, obj):
-            updates.append(obj)
+        def update(self, obj, raw=False):
+            updates.append((obj, raw))
 
-    def fake_display(obj, display_id=None):
+    def fake_display(obj, display_id=None, raw=False):
         shown.append(obj)
         return Handle() if display_id else None
 
@@ -237,5 +239,8 @@ def test_static_snapshot_replaces_the_placeholder_when_the_run_ends(tmp_path, mo
     assert shown[0] is panel.widget and len(shown) == 2  # the widget, then an empty placeholder
     run.start(background=True).wait()
     panel.close()
-    assert len(updates) == 1 and "nbtune-snapshot" in updates[0].data
-    assert "step 5 of 5" in updates[0].data
+    assert len(updates) == 1 and updates[0][1] is True
+    bundle = updates[0][0]
+    png = base64.b64decode(bundle["image/png"])
+    assert png.startswith(b"\x89PNG") and 10_000 < len(png) < 400_000, len(png)
+    assert "step 5 of 5" in bundle["text/plain"] and "tiny-bert" in bundle["text/plain"]

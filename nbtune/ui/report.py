@@ -193,27 +193,6 @@ def render_report(
     )
 
 
-def snapshot_html(history: RunHistory, healthy_band: tuple[float, float] | None = DEFAULT_HEALTHY_BAND) -> str:
-    """A self-contained HTML fragment (plotly.js inline once, no CDN) of a run's charts and results, left in a
-    notebook's outputs when a run ends so a saved notebook shows the curves without a kernel.
-
-        >>> "Final evaluation" in snapshot_html(RunHistory())
-        True
-    """
-    info = summary(history)
-    line = (f"nbtune run {info.get('status')}: step {info.get('last_step')} of {info.get('total_steps')} "
-            f"({info.get('model')} on {info.get('dataset')})")
-    return "".join((
-        f'<div class="nbtune-snapshot"><style>{_CSS}</style>',
-        f'<script type="text/javascript">{get_plotlyjs()}</script>',
-        f"<p><b>{_esc(line)}</b> (static snapshot)</p>",
-        _evals_section(history),
-        _edits_section(history),
-        _charts_section(history, healthy_band),
-        "</div>",
-    ))
-
-
 def _atomic_write_text(path: Path, text: str) -> None:
     """Write next to the target, then rename: a reader never sees half a report."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -13,6 +13,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextvars
 import html
 import math
 import os
@@ -29,9 +30,9 @@ import plotly.graph_objects as go
 from nbtune.advisor import advise
 from nbtune.history import HistoryBuilder, RunHistory, decimate_minmax, edit_label, summary
 from nbtune.ui import figures
-from nbtune.ui.report import snapshot_html
 from nbtune.ui.panels.train_controls import AdviceView, ControlBar
 from nbtune.ui.runner import Pump
+from nbtune.ui.snapshot import snapshot_bundle
 
 # Clip rate is measured over this many recent steps.
 CLIP_RATE_WINDOW = 100
@@ -59,6 +60,7 @@ class TrainPanel:
         self.error: str | None = None      # the first error shown (message)
         self._builder = HistoryBuilder()
         self._snapshot: Any = None         # the display handle of the static snapshot, once displayed
+        self._display_context = contextvars.copy_context()
         self._lock = threading.RLock()
 
         empty = RunHistory()
@@ -101,11 +103,13 @@ class TrainPanel:
         return self.widget._repr_mimebundle_(**kwargs)
 
     def _ipython_display_(self) -> None:
-        from IPython.display import HTML, display
+        from IPython.display import display
         display(self.widget)
-        # A plain output beside the widget, filled with a static snapshot when the run ends: widget state
-        # needs a live kernel, so without this a saved and reopened notebook would show no curves.
-        self._snapshot = display(HTML(""), display_id=True)
+        # A plain output beside the widget, filled with a static snapshot (PNG) when the run ends: widget state
+        # needs a live kernel, so without this a saved and reopened notebook would show no curves. The update is
+        # sent in this cell's context (its parent message), which is where the front end keeps the output.
+        self._snapshot = display({"text/plain": ""}, raw=True, display_id=True)
+        self._display_context = contextvars.copy_context()
 
     def close(self) -> None:
         """Final flush of pending records, waiting until they are drawn; the run also closes the pump (without
@@ -129,8 +133,8 @@ class TrainPanel:
     def _on_end(self, record: dict[str, Any]) -> None:
         self.controls.finished()
         if self._snapshot is not None:
-            from IPython.display import HTML
-            self._snapshot.update(HTML(snapshot_html(self.history, self.healthy_band)))
+            bundle = snapshot_bundle(self.history, self.healthy_band, self.smoothing)
+            self._display_context.copy().run(self._snapshot.update, bundle, raw=True)
         if record.get("status") == "error":
             message = str(record.get("message") or getattr(self.run, "error", None) or "training failed")
             self.show_error(f"training stopped with an error: {message}", getattr(self.run, "traceback", None))
@@ -145,11 +149,9 @@ class TrainPanel:
             builders = {"loss": lambda: figures.loss_figure(h, self.smoothing),
                         "grad_norm": lambda: figures.grad_norm_figure(h, self.healthy_band),
                         "lr": lambda: figures.lr_figure(h), "throughput": lambda: figures.throughput_figure(h)}
+            titles = {"grad_norm": f"Gradient norm · {clip_rate_text(h.clipped)}"}
             for key, fig in self.figures.items():
-                _sync(fig, series[key], self.max_points, edit_steps, edit_hover, builders[key])
-            title = f"Gradient norm · {clip_rate_text(h.clipped)}"
-            if self.grad_norm_fig.layout.title.text != title:
-                self.grad_norm_fig.layout.title.text = title
+                _sync(fig, series[key], self.max_points, edit_steps, edit_hover, builders[key], titles.get(key))
             self._render_text()
             self._run_advisor()
 
@@ -268,8 +270,9 @@ def log_html(edits: list[dict[str, Any]], sent: list[str]) -> str:
 
 # ---- figure sync ----
 def _sync(widget: go.FigureWidget, series: figures.Series, max_points: int, edit_steps: list[int],
-          edit_hover: list[str], build: Callable[[], go.Figure]) -> None:
-    """Copy trace data (decimated) into the live widget; redraw edit lines only when the edits changed."""
+          edit_hover: list[str], build: Callable[[], go.Figure], title: str | None = None) -> None:
+    """Copy trace data (decimated) into the live widget, in one message; redraw edit lines only when the edits
+    changed."""
     by_name = {t.name: t for t in widget.data}
     if any(name not in by_name for name in series):
         # A parameter group seen for the first time (rare): build the figure once for the new traces' style.
@@ -279,10 +282,20 @@ def _sync(widget: go.FigureWidget, series: figures.Series, max_points: int, edit
         for name, (xs, ys) in series.items():
             target = by_name[name]
             if name == "edits":
-                target.hovertext = edit_hover
+                if tuple(target.hovertext or ()) != tuple(edit_hover):
+                    target.hovertext = edit_hover
             else:
                 xs, ys = decimate_minmax(xs, ys, max_points)
             # numpy arrays skip plotly's per-element validation (a list of 5,000 floats costs ~10x more)
-            target.x, target.y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+            x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+            if not (_same(target.x, x) and _same(target.y, y)):  # unchanged traces are not sent again
+                target.x, target.y = x, y
         if "edits" in series and len(widget.layout.shapes) != len(edit_steps):
             widget.layout.shapes = figures.edit_shapes(edit_steps)
+        if title is not None and widget.layout.title.text != title:
+            widget.layout.title.text = title
+
+
+def _same(held: Any, new: np.ndarray) -> bool:
+    return held is not None and len(held) == len(new) and np.array_equal(np.asarray(held, dtype=float), new,
+                                                                          equal_nan=True)
