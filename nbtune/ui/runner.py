@@ -16,6 +16,7 @@ Example:
 """
 from __future__ import annotations
 
+import collections
 import contextvars
 import threading
 import time
@@ -38,6 +39,7 @@ class Pump:
         # d * (1/f - 1), so rendering never takes more than a fraction f of the time, however slow it gets.
         self.max_busy_fraction = max_busy_fraction
         self.renders = 0                      # how many times render() was called
+        self.render_times: collections.deque[float] = collections.deque(maxlen=10_000)  # monotonic starts
         self.delivered = 0                    # records handed to render()
         self.error: BaseException | None = None
         self.error_traceback: str | None = None
@@ -104,6 +106,7 @@ class Pump:
                         return
 
     def _deliver(self, batch: list[dict[str, Any]]) -> None:
+        self.render_times.append(time.monotonic())
         try:
             self.render(batch)
         except Exception as exc:  # noqa: BLE001 - a broken view must not kill training; it is shown instead

@@ -99,7 +99,7 @@ class KernelProbe:
         self.kc.stop_channels()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def artifacts(tmp_path_factory) -> Path:
     env = os.environ.get("NBTUNE_ARTIFACTS")
     d = Path(env).resolve() if env else tmp_path_factory.mktemp("browser-artifacts")
@@ -108,7 +108,7 @@ def artifacts(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lab(tmp_path_factory, artifacts):
     """`jupyter lab` from this interpreter's environment (so the ipywidgets/anywidget/plotly labextensions
     of the venv are found), isolated HOME/config/runtime dirs, token auth, loopback only."""
@@ -167,7 +167,7 @@ def lab(tmp_path_factory, artifacts):
         log.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def page(artifacts):
     """A headless chromium page (fresh profile) that records console errors and page errors."""
     reason = browser_missing()

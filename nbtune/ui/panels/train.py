@@ -91,6 +91,12 @@ class TrainPanel:
                                  layout={"grid_template_columns": "repeat(2, minmax(0, 1fr))"})
         self.widget = widgets.VBox([self.header_html, self.status_html, self.controls.widget, self.error_html,
                                     self.error_details, charts, self.advice.widget, self.log_html])
+        for w, name in ((self.widget, "train-panel"), (self.header_html, "header"), (self.status_html, "status"),
+                        (self.error_html, "error"), (self.error_details, "traceback"), (charts, "charts"),
+                        (self.advice.widget, "advisor"), (self.log_html, "log")):
+            w.add_class(f"nbtune-{name}")
+        for key, fig in self.figures.items():
+            fig.add_class(f"nbtune-chart-{key.replace('_', '-')}")
         self._render_text()
         self.pump = run.add_sink(Pump(self._on_records, max_hz=max_hz))
 

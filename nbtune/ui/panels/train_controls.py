@@ -65,6 +65,12 @@ class ControlBar:
             widgets.HBox([self.start_button, self.pause_button, self.stop_button, self.checkpoint_button]),
             widgets.HBox([self.lr_slider, self.clip_slider, self.weight_decay_box]),
         ])
+        # Stable CSS hooks for themes and browser tests; labels may change, these do not.
+        for w, name in ((self.widget, "controls"), (self.start_button, "start"), (self.pause_button, "pause"),
+                        (self.stop_button, "stop"), (self.checkpoint_button, "checkpoint"),
+                        (self.lr_slider, "lr"), (self.clip_slider, "max-grad-norm"),
+                        (self.weight_decay_box, "weight-decay")):
+            w.add_class(f"nbtune-{name}")
 
     # ---- commands ----
     def start(self) -> None:
