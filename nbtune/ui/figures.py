@@ -158,11 +158,19 @@ def loss_figure(history: RunHistory, smoothing: float = 0.9) -> go.Figure:
     return _base_layout(fig, "Loss", "loss")
 
 
-def _group_traces(fig: go.Figure, series: Series, names: list[str], **style: Any) -> None:
+GROUP_LINE = {"grad_norm": {"width": 1, "dash": "dot"}, "lr": {"width": 2}}
+
+
+def group_trace(chart: str, name: str, index: int, x: Any = (), y: Any = ()) -> go.Scatter:
+    """The line of one parameter group on the ``grad_norm`` or ``lr`` chart (the index picks its colour).
+    A live view adds it when a group first appears, without building a whole figure."""
+    return go.Scatter(x=x, y=y, name=name, mode="lines",
+                      line={"color": GROUP_COLORS[index % len(GROUP_COLORS)], **GROUP_LINE[chart]})
+
+
+def _group_traces(fig: go.Figure, series: Series, names: list[str], chart: str) -> None:
     for i, name in enumerate(names):
-        x, y = series[name]
-        fig.add_trace(go.Scatter(x=x, y=y, name=name, mode="lines",
-                                 line={"color": GROUP_COLORS[i % len(GROUP_COLORS)], **style}))
+        fig.add_trace(group_trace(chart, name, i, *series[name]))
 
 
 def grad_norm_figure(
@@ -183,7 +191,7 @@ def grad_norm_figure(
                              line={"color": TRAIN_COLOR, "width": 2}))
     fig.add_trace(go.Scatter(x=s["clipped"][0], y=s["clipped"][1], name="clipped", mode="markers",
                              marker={"color": VAL_COLOR, "size": 6, "symbol": "x"}))
-    _group_traces(fig, s, [n for n in s if n.startswith("grad norm: ")], width=1, dash="dot")
+    _group_traces(fig, s, [n for n in s if n.startswith("grad norm: ")], "grad_norm")
     if healthy_band is not None:
         low, high = healthy_band
         fig.add_hrect(
@@ -206,7 +214,7 @@ def lr_figure(history: RunHistory) -> go.Figure:
     """
     s = lr_series(history)
     fig = go.Figure()
-    _group_traces(fig, s, [n for n in s if n != "edits"], width=2)
+    _group_traces(fig, s, [n for n in s if n != "edits"], "lr")
     _add_edit_markers(fig, history)
     _base_layout(fig, "Learning rate per parameter group", "learning rate")
     fig.update_yaxes(exponentformat="e", showexponent="all")

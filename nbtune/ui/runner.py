@@ -28,7 +28,7 @@ class Pump:
     """A MetricSink that delivers buffered records to `render(batch)` at most `max_hz` times a second."""
 
     def __init__(self, render: Callable[[list[dict[str, Any]]], None], max_hz: float = 10.0,
-                 max_busy_fraction: float = 0.1) -> None:
+                 max_busy_fraction: float = 0.03) -> None:
         if not 0 < max_hz <= 10:
             raise ValueError(f"max_hz must be in (0, 10]: the Jupyter server drops widget floods; got {max_hz}")
         if not 0 < max_busy_fraction <= 1:
@@ -40,6 +40,8 @@ class Pump:
         self.max_busy_fraction = max_busy_fraction
         self.renders = 0                      # how many times render() was called
         self.render_times: collections.deque[float] = collections.deque(maxlen=10_000)  # monotonic starts
+        self.busy_s = 0.0                     # wall time spent in render(), in total
+        self.busy_cpu_s = 0.0                 # CPU time of the pump thread spent in render()
         self.delivered = 0                    # records handed to render()
         self.error: BaseException | None = None
         self.error_traceback: str | None = None
@@ -106,7 +108,8 @@ class Pump:
                         return
 
     def _deliver(self, batch: list[dict[str, Any]]) -> None:
-        self.render_times.append(time.monotonic())
+        began, began_cpu = time.monotonic(), time.thread_time()
+        self.render_times.append(began)
         try:
             self.render(batch)
         except Exception as exc:  # noqa: BLE001 - a broken view must not kill training; it is shown instead
@@ -115,3 +118,5 @@ class Pump:
         finally:
             self.renders += 1
             self.delivered += len(batch)
+            self.busy_s += time.monotonic() - began
+            self.busy_cpu_s += time.thread_time() - began_cpu

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import ipywidgets as widgets
 import numpy as np
@@ -152,12 +152,9 @@ class TrainPanel:
             h = self.history
             series = figures.chart_series(h, self.smoothing)
             edit_steps, edit_hover = figures.edit_markers(h)
-            builders = {"loss": lambda: figures.loss_figure(h, self.smoothing),
-                        "grad_norm": lambda: figures.grad_norm_figure(h, self.healthy_band),
-                        "lr": lambda: figures.lr_figure(h), "throughput": lambda: figures.throughput_figure(h)}
             titles = {"grad_norm": f"Gradient norm · {clip_rate_text(h.clipped)}"}
             for key, fig in self.figures.items():
-                _sync(fig, series[key], self.max_points, edit_steps, edit_hover, builders[key], titles.get(key))
+                _sync(key, fig, series[key], self.max_points, edit_steps, edit_hover, titles.get(key))
             self._render_text()
             self._run_advisor()
 
@@ -275,14 +272,15 @@ def log_html(edits: list[dict[str, Any]], sent: list[str]) -> str:
 
 
 # ---- figure sync ----
-def _sync(widget: go.FigureWidget, series: figures.Series, max_points: int, edit_steps: list[int],
-          edit_hover: list[str], build: Callable[[], go.Figure], title: str | None = None) -> None:
+def _sync(chart: str, widget: go.FigureWidget, series: figures.Series, max_points: int, edit_steps: list[int],
+          edit_hover: list[str], title: str | None = None) -> None:
     """Copy trace data (decimated) into the live widget, in one message; redraw edit lines only when the edits
     changed."""
     by_name = {t.name: t for t in widget.data}
-    if any(name not in by_name for name in series):
-        # A parameter group seen for the first time (rare): build the figure once for the new traces' style.
-        widget.add_traces([t for t in build().data if t.name not in by_name])
+    new = [name for name in series if name not in by_name]
+    if new:  # parameter groups seen for the first time: one more styled trace each, same widget
+        known = sum(1 for t in widget.data if t.name in series and t.name not in ("edits", "grad norm", "clipped"))
+        widget.add_traces([figures.group_trace(chart, name, known + i) for i, name in enumerate(new)])
         by_name = {t.name: t for t in widget.data}
     with widget.batch_update():
         for name, (xs, ys) in series.items():
