@@ -1,0 +1,1 @@
+"""Small custom anywidgets; their ES modules live in static/ (never JavaScript spliced into strings)."""
