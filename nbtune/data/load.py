@@ -1,0 +1,432 @@
+"""Load a file, folder, DataFrame, dataset or bundled name as a canonical `datasets.DatasetDict`.
+
+Canonical columns: `text` (+ `text_pair`) and `label` (a ClassLabel) for classification; `tokens` and `tags`
+(a list of ClassLabel) for tagging. Bad input raises `DataLoadError`, naming the file, line or row, column, what
+was found and what was expected; with `strict=False` bad rows are skipped instead, and every skip is listed in
+the `LoadReport` attached to the result as `.load_report`.
+"""
+from __future__ import annotations
+
+import difflib
+import html
+import math
+import os
+import re
+import sys
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .readers import (MISSING, DataLoadError, Problems, SkippedRow, Table, detect_encoding, first_duplicate, kind_of,
+                      read_conll, read_csv, read_json, read_jsonl, read_parquet)
+
+__all__ = ["load", "DataLoadError", "DataLoadWarning", "LoadReport", "SkippedRow", "SUFFIXES", "FORMATS"]
+
+SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
+            ".parquet": "parquet", ".pq": "parquet", ".conll": "conll"}
+FORMATS = ("csv", "tsv", "jsonl", "json", "parquet", "conll", "folder")
+_SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
+                "dev": "validation", "test": "test"}
+_INT = re.compile(r"[+-]?\d+")
+
+
+class DataLoadWarning(UserWarning):
+    """Rows were skipped under strict=False; the message is the LoadReport's summary."""
+
+
+@dataclass
+class LoadReport:
+    """What `load` read, kept and skipped (and why), and which source columns became the canonical ones."""
+    source: str
+    format: str
+    encoding: str | None
+    bom: bool
+    rows_read: int
+    rows_kept: int
+    skipped: list[SkippedRow]
+    columns: dict[str, str]
+    splits: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line, e.g. 'read 120 rows, kept 117, skipped 3 (2 empty label, 1 bad JSON) from tickets.jsonl'."""
+        text = f"read {self.rows_read} rows, kept {self.rows_kept}"
+        if self.skipped:
+            reasons = Counter(s.reason for s in self.skipped).most_common()
+            text += f", skipped {len(self.skipped)} ({', '.join(f'{n} {r}' for r, n in reasons)})"
+        return f"{text} from {self.source}"
+
+    def _repr_html_(self) -> str:
+        e = html.escape
+        cells = ["line", "row", "reason", "detail"]
+        rows = "".join("<tr>" + "".join(f"<td>{e(str(getattr(s, c) if getattr(s, c) is not None else ''))}</td>"
+                                        for c in cells) + "</tr>" for s in self.skipped[:50])
+        table = f"<table><tr>{''.join(f'<th>{c}</th>' for c in cells)}</tr>{rows}</table>" if rows else ""
+        more = f"<p>... and {len(self.skipped) - 50} more skipped rows</p>" if len(self.skipped) > 50 else ""
+        return (f"<div class='nbtune-load-report'><b>{e(self.summary())}</b><br>format: {e(self.format)}; encoding: "
+                f"{e(str(self.encoding))}{' (BOM)' * self.bom}; columns: "
+                f"{e(', '.join(f'{k} <- {v}' for k, v in self.columns.items()))}; splits: "
+                f"{e(', '.join(f'{k}: {n}' for k, n in self.splits.items()))}{table}{more}</div>")
+
+
+@dataclass
+class _Source:
+    name: str
+    format: str
+    encoding: str | None = None
+    bom: bool = False
+    has_splits: bool = False
+
+
+def load(source, *, text: str = "text", label: str | None = "label", text_pair: str | None = None,
+         tokens: str | None = None, tags: str | None = None, format: str | None = None, encoding: str | None = None,
+         strict: bool = True, split: str | None = None, max_chars: int | None = None):
+    """Load `source` as a DatasetDict with canonical columns; bad input raises a `DataLoadError` naming where.
+
+    `source`: a .csv/.tsv/.jsonl/.json/.parquet/.conll path, a folder `root/<label>/*.txt` (optionally
+    `root/<split>/<label>/`), a pandas DataFrame, a datasets.Dataset or DatasetDict, or a bundled dataset name.
+    `text`/`label`/`text_pair` (or `tokens`/`tags` for tagging) name the source columns; `label=None` loads
+    unlabelled text. Splits the source has are kept; otherwise there is one, named `split` (default 'train');
+    with splits, `split` picks one. `strict=False` skips bad rows (listed in `.load_report`, and warned about).
+
+    >>> ds = load("tickets.csv", text="utterance", label="intent")           # doctest: +SKIP
+    >>> ds["train"].features["label"].names, ds.load_report.summary()       # doctest: +SKIP
+    (['billing', 'login'], 'read 120 rows, kept 120 from tickets.csv')
+    """
+    problems = Problems(strict)
+    tables, src = _read(source, format, encoding, problems)
+    tables = _pick_split(tables, split, src)
+    if src.format in ("conll", "folder"):  # these readers name their columns canonically
+        cols = {"tokens": "tokens", "tags": "tags"} if src.format == "conll" else {"text": "text", "label": "label"}
+    elif _is_tagging(tables, text, tokens, tags):
+        cols = {"tokens": tokens or "tokens", "tags": tags or "tags"}
+    else:
+        cols = {k: v for k, v in (("text", text), ("text_pair", text_pair), ("label", label)) if v is not None}
+    return _attach(_build(tables, cols, problems, max_chars), src, problems, cols)
+
+
+def _attach(out, src: _Source, problems: Problems, cols: dict[str, str]):
+    kept = sum(len(d) for d in out.values())
+    report = LoadReport(src.name, src.format, src.encoding, src.bom, kept + len(problems.skipped), kept,
+                        problems.skipped, dict(cols), {k: len(d) for k, d in out.items()})
+    if kept == 0:
+        found = f"no usable rows ({report.summary()})" if report.rows_read else "no rows"
+        raise DataLoadError(src.name, found, "at least one valid row")
+    if report.skipped:
+        warnings.warn(report.summary(), DataLoadWarning, stacklevel=3)
+    out.load_report = report
+    return out
+
+
+# --- sources --------------------------------------------------------------------------------------------------
+def _read(source, format, encoding, problems) -> tuple[dict[str, Table], _Source]:
+    import datasets
+    if isinstance(source, (str, os.PathLike)):
+        return _read_path(source, format, encoding, problems)
+    if isinstance(source, datasets.DatasetDict):
+        return ({s: _from_dataset(d, f"the DatasetDict, split {s!r}") for s, d in source.items()},
+                _Source("the DatasetDict", "DatasetDict", has_splits=True))
+    if isinstance(source, datasets.Dataset):
+        return {"train": _from_dataset(source, "the Dataset")}, _Source("the Dataset", "Dataset")
+    pandas = sys.modules.get("pandas")
+    if pandas is not None and isinstance(source, pandas.DataFrame):
+        return {"train": _from_dataframe(source)}, _Source("the DataFrame", "DataFrame")
+    raise TypeError(f"load() takes a path, a folder, a pandas DataFrame, a datasets.Dataset or DatasetDict, or a "
+                    f"bundled dataset name; got {type(source).__name__}")
+
+
+def _read_path(source, format, encoding, problems) -> tuple[dict[str, Table], _Source]:
+    path = Path(source)
+    if not path.exists():
+        return _read_bundled(str(source), path)
+    fmt = _format_of(path, format)
+    if fmt == "folder":
+        return _read_folder(path, encoding)
+    if fmt == "parquet":
+        return {"train": read_parquet(path)}, _Source(str(path), fmt)
+    codec, enc_name, bom = detect_encoding(path, encoding)
+    try:
+        with open(path, encoding=codec, newline="") as stream:
+            if fmt in ("csv", "tsv"):
+                table = read_csv(path, stream, "\t" if fmt == "tsv" else ",", problems)
+            elif fmt == "json":
+                table = read_json(path, stream.read(), problems)
+            else:
+                table = (read_jsonl if fmt == "jsonl" else read_conll)(path, stream, problems)
+    except UnicodeError as exc:  # only with an explicit encoding= (otherwise checked up front)
+        _decode(path, path.read_bytes(), codec, enc_name)
+        raise DataLoadError(path, f"text {enc_name} can't decode ({exc})", "text in that encoding") from None
+    return {"train": table}, _Source(str(path), fmt, enc_name, bom)
+
+
+def _decode(path: Path, data: bytes, codec: str, enc_name: str) -> str:
+    """Bytes -> text; with an explicit encoding that doesn't fit, say where (byte offset and line)."""
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as exc:
+        raise DataLoadError(path, f"byte 0x{data[exc.start]:02x} at byte offset {exc.start}, which {enc_name} can't "
+                            "decode", "text in that encoding; leave encoding= out to have it guessed",
+                            line=data.count(b"\n", 0, exc.start) + 1) from None
+
+
+def _read_bundled(name: str, path: Path) -> tuple[dict[str, Table], _Source]:
+    from nbtune import assets
+    if name not in assets.DATASETS:
+        if path.suffix or len(path.parts) > 1:
+            raise DataLoadError(path, "no such file or folder", "an existing file or folder")
+        close = difflib.get_close_matches(name, list(assets.DATASETS), n=1, cutoff=0.6)
+        raise DataLoadError(path, "no such file or folder", "an existing path, or a bundled dataset name "
+                            f"({', '.join(assets.DATASETS)})" + (f"; did you mean {close[0]!r}?" if close else ""))
+    if assets.dataset_task(name) == "causal-lm":
+        raise DataLoadError(None, "a chat dataset", "text classification or tagging data; use "
+                            f"nbtune.assets.load_dataset({name!r}) for chat data", source=name)
+    splits = assets.load_dataset(name).items()
+    return {s: _from_dataset(d, f"{name!r}, split {s!r}") for s, d in splits}, _Source(name, "bundled", has_splits=True)
+
+
+def _format_of(path: Path, format: str | None) -> str:
+    if format is not None and format not in FORMATS:
+        raise DataLoadError(path, f"format={format!r}", f"one of {', '.join(FORMATS)}")
+    if path.is_dir():
+        if format not in (None, "folder"):
+            raise DataLoadError(path, "a folder", f"a file for format={format!r}")
+        return "folder"
+    if format == "folder":
+        raise DataLoadError(path, "a file", "a folder of <label>/*.txt files for format='folder'")
+    if format is not None:
+        return format
+    if path.suffix.lower() not in SUFFIXES:
+        raise DataLoadError(path, f"the suffix {path.suffix or '(none)'!r}", f"one of {', '.join(SUFFIXES)}, or a "
+                            f"folder of <label>/*.txt files; or pass format= (one of {', '.join(FORMATS)})")
+    return SUFFIXES[path.suffix.lower()]
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def _raise_no_subfolders(folder: Path):
+    names = sorted(p.name for p in folder.iterdir())
+    found = f"no subfolders (only: {', '.join(names[:5])}{', ...' * (len(names) > 5)})" if names else "an empty folder"
+    raise DataLoadError(folder, found, "one subfolder per label, each with one .txt file per example: "
+                        "<folder>/<label>/*.txt (or <folder>/<split>/<label>/*.txt)")
+
+
+def _read_folder(root: Path, encoding: str | None) -> tuple[dict[str, Table], _Source]:
+    subdirs = _subdirs(root) or _raise_no_subfolders(root)
+    has_splits = all(d.name.lower() in _SPLIT_NAMES for d in subdirs)
+    splits = {_SPLIT_NAMES[d.name.lower()]: d for d in subdirs} if has_splits else {"train": root}
+    tables, encodings = {}, []
+    for split, folder in splits.items():
+        texts, labels, files = [], [], []
+        for label_dir in _subdirs(folder) or [_raise_no_subfolders(folder)]:
+            paths = sorted(label_dir.glob("*.txt"))
+            if not paths:
+                names = sorted(p.name for p in label_dir.iterdir())
+                raise DataLoadError(label_dir, f"no .txt files (it holds: {', '.join(names[:5]) or 'nothing'})",
+                                    "one .txt file per example in each label folder")
+            for p in paths:
+                encodings.append(detect_encoding(p, encoding))
+                texts.append(_decode(p, p.read_bytes(), *encodings[-1][:2]).strip())
+                labels.append(label_dir.name), files.append(str(p))
+        n = len(texts)
+        tables[split] = Table(str(folder), str(folder), ["text", "label"], {"text": texts, "label": labels},
+                              [None] * n, list(range(n)), files=files)
+    return tables, _Source(str(root), "folder", ", ".join(sorted({e[1] for e in encodings})),
+                           any(e[2] for e in encodings), has_splits)
+
+
+def _from_dataframe(df) -> Table:
+    names = [str(c) for c in df.columns]
+    if (dup := first_duplicate(names)) is not None:
+        raise DataLoadError(None, f"the column name {dup!r} twice", "unique column names", column=dup,
+                            source="the DataFrame")
+    values = {name: df.iloc[:, i].tolist() for i, name in enumerate(names)}
+    return Table("the DataFrame", None, names, values, [None] * len(df), list(range(len(df))))
+
+
+def _from_dataset(ds, name: str) -> Table:
+    n, ds = len(ds), ds.with_format(None)  # columns stay lazy; _values reads the ones used in one go
+    return Table(name, None, list(ds.column_names), {c: ds[c] for c in ds.column_names}, [None] * n,
+                 list(range(n)), features=dict(ds.features))
+
+
+def _values(table: Table, column: str) -> list:
+    values = table.values[column]
+    return values if isinstance(values, list) else values[:]  # a datasets Column: slicing is ~20x faster than iterating
+
+
+def _pick_split(tables: dict[str, Table], split: str | None, src: _Source) -> dict[str, Table]:
+    if split is None:
+        return tables
+    if not src.has_splits:
+        return {split: tables["train"]}
+    if split not in tables:
+        raise DataLoadError(None, f"no split {split!r} (the splits are: {', '.join(tables)})", "one of those splits",
+                            source=src.name)
+    return {split: tables[split]}
+
+
+# --- checks and building --------------------------------------------------------------------------------------
+def _resolve(table: Table, cols: dict[str, str]) -> None:
+    """Raise for a requested column the table lacks, suggesting the closest name."""
+    for arg, col in cols.items():
+        if col in table.columns:
+            continue
+        lower = {c.lower(): c for c in table.columns}
+        close = [lower[col.lower()]] if col.lower() in lower else \
+            difflib.get_close_matches(col, table.columns, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? pass {arg}={close[0]!r}" if close else \
+            f"pass {arg}= naming one of the columns"
+        raise DataLoadError(table.path, f"no such column (the columns are: {', '.join(table.columns)})",
+                            f"a column {col!r} for {arg}=; {hint}", line=table.header_line, column=col,
+                            source=table.name)
+
+
+def _is_empty(value) -> bool:
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, float):
+        return math.isnan(value)
+    return value is None or value is MISSING or type(value).__name__ in ("NAType", "NaTType")
+
+
+# Each _*_problem returns None for a good value, else (reason to count, what was found, what was expected).
+def _empty_problem(what: str, value, col: str):
+    if value is MISSING:
+        return f"missing {what}", f"no key {col!r} in this object", f"a {what}"
+    return f"empty {what}", "an empty value", f"a {what}"
+
+
+def _text_problem(value, col: str, max_chars: int | None):
+    if _is_empty(value):
+        return _empty_problem("text", value, col)
+    if not isinstance(value, str):
+        return "text not a string", f"{kind_of(value)} ({value!r:.40})", f"a string; is {col!r} the text column?"
+    if max_chars is not None and len(value) > max_chars:
+        return "text too long", f"a text of {len(value):,} characters", f"at most max_chars={max_chars:,}"
+    return None
+
+
+def _label_kind(value) -> str | None:
+    if isinstance(value, (bool, str)):
+        return kind_of(value)
+    return "a number" if isinstance(value, int) or (isinstance(value, float) and value.is_integer()) else None
+
+
+def _label_problem(value, col: str, class_label: bool):
+    if _is_empty(value) or (class_label and value == -1):
+        return _empty_problem("label", value, col)
+    if not class_label and _label_kind(value) is None:
+        return "bad label", f"{kind_of(value)} ({value!r:.40})", "a class label: a string or a whole number"
+    return None
+
+
+def _tokens_problem(value):
+    if isinstance(value, list) and value and all(isinstance(x, str) for x in value):
+        return None
+    found = "an empty list" if value == [] else "a non-string token" if isinstance(value, list) else kind_of(value)
+    return "bad tokens", found, "a non-empty list of strings"
+
+
+def _tags_problem(value, tokens: list):
+    if not isinstance(value, list) or len(value) != len(tokens):
+        found = f"{len(tokens)} tokens and {len(value)} tags" if isinstance(value, list) else kind_of(value)
+        return "tags don't match tokens", found, "one tag per token"
+    return ("empty tag", "an empty tag", "one tag per token") if any(_is_empty(x) for x in value) else None
+
+
+def _row_ok(t: Table, i: int, cols: dict[str, str], values: dict, problems: Problems, max_chars, class_label) -> bool:
+    for key, col in cols.items():
+        value = values[key][i]
+        problem = (_text_problem(value, col, max_chars) if key in ("text", "text_pair") else
+                   _label_problem(value, col, class_label) if key == "label" else
+                   _tokens_problem(value) if key == "tokens" else _tags_problem(value, values["tokens"][i]))
+        if problem:
+            problems.row_error(problem[0], t.error(i, col, *problem[1:]))
+            return False
+    return True
+
+
+def _where(t: Table, i: int) -> str:
+    return t.files[i] if t.files else f"line {t.lines[i]}" if t.lines[i] is not None else f"row {t.rows[i]}"
+
+
+def _drop_mixed(tables: dict[str, Table], kept: dict, labels: dict, col: str, problems: Problems) -> None:
+    """Labels of more than one type (ints and strings): raise naming one of each, or skip the minority rows."""
+    kinds = {(s, i): _label_kind(labels[s][i]) for s, rows in kept.items() for i in rows}
+    counts = Counter(kinds.values())
+    if len(counts) < 2:
+        return
+    first, major = {}, counts.most_common(1)[0][0]
+    for (s, i), kind in kinds.items():
+        first.setdefault(kind, (s, i))
+    examples = " and ".join(f"{labels[s][i]!r} ({kind}, {_where(tables[s], i)})" for kind, (s, i) in first.items())
+    for (s, i), kind in kinds.items():
+        if kind != major:
+            problems.row_error("mixed label types", tables[s].error(i, col, f"labels of mixed types: {examples}",
+                                                                    "one type per label column: all strings or all "
+                                                                    "whole numbers"))
+    for s in kept:
+        kept[s] = [i for i in kept[s] if kinds[s, i] == major]
+
+
+def _class_label(feature, values: list):
+    """The output ClassLabel and value -> id: the source's own ClassLabel, else names sorted from the values
+    (whole numbers, also as CSV strings, keep their numeric order)."""
+    import datasets
+    if isinstance(feature, datasets.ClassLabel):
+        return feature, int
+    if values and all(isinstance(v, str) for v in values):
+        names, name_of = {v.strip() for v in values}, str.strip
+        names = sorted(names, key=(lambda n: (int(n), n)) if all(_INT.fullmatch(n) for n in names) else None)
+    elif values and all(_label_kind(v) == "a number" for v in values):
+        names, name_of = [str(n) for n in sorted({int(v) for v in values})], lambda v: str(int(v))
+    else:
+        names, name_of = sorted({str(v) for v in values}), str
+    index = {n: k for k, n in enumerate(names)}
+    return datasets.ClassLabel(names=names), lambda v: index[name_of(v)]
+
+
+def _as_list(value):
+    return value.tolist() if hasattr(value, "tolist") else list(value) if isinstance(value, tuple) else value
+
+
+def _build(tables: dict[str, Table], cols: dict[str, str], problems: Problems, max_chars):
+    """Check every row, then build the canonical splits; labels (or tags) become one ClassLabel across splits."""
+    import datasets
+    target = next((k for k in ("label", "tags") if k in cols), None)
+    feature = next(iter(tables.values())).features.get(cols.get(target))
+    feature = getattr(feature, "feature", None) if target == "tags" else feature
+    values, kept = {}, {}
+    for s, t in tables.items():
+        _resolve(t, cols)
+        values[s] = {k: [_as_list(v) for v in _values(t, c)] if k in ("tokens", "tags") else _values(t, c)
+                     for k, c in cols.items()}
+        class_label = isinstance(feature, datasets.ClassLabel)
+        kept[s] = [i for i in range(len(t)) if _row_ok(t, i, cols, values[s], problems, max_chars, class_label)]
+    features = {k: datasets.Value("string") for k in cols}
+    if "tokens" in cols:
+        features["tokens"] = datasets.List(datasets.Value("string"))
+    convert = {}
+    if target == "label" and not isinstance(feature, datasets.ClassLabel):
+        _drop_mixed(tables, kept, {s: values[s]["label"] for s in kept}, cols["label"], problems)
+    if target:
+        flat = [v for s in kept for i in kept[s] for v in (values[s][target][i] if target == "tags" else
+                                                               [values[s][target][i]])]
+        class_label, to_id = _class_label(feature, flat)
+        features[target] = datasets.List(class_label) if target == "tags" else class_label
+        convert[target] = (lambda tags: [to_id(v) for v in tags]) if target == "tags" else to_id
+    return datasets.DatasetDict({s: datasets.Dataset.from_dict(
+        {k: [convert.get(k, _same)(values[s][k][i]) for i in rows] for k in cols},
+        features=datasets.Features(features)) for s, rows in kept.items()})
+
+
+def _same(value):
+    return value
+
+
+def _is_tagging(tables: dict[str, Table], text: str, tokens, tags) -> bool:
+    if tokens is not None or tags is not None:
+        return True
+    return all(text not in t.columns and {"tokens", "tags"} <= set(t.columns) for t in tables.values())

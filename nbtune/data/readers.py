@@ -1,0 +1,454 @@
+"""Readers behind `nbtune.data.load`: sniff a file's encoding, then read its rows with their physical line numbers.
+
+Every reader returns a `Table` (column-wise values plus each row's line and row number) and raises `DataLoadError`
+for anything it can't read. Row-level problems go through `Problems`, which raises them (strict) or records them.
+"""
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+MISSING = type("Missing", (), {"__repr__": lambda self: "<missing>"})()  # a key a JSON object lacks (not null)
+SKIP_HINT = " (or pass strict=False to skip such rows)"
+
+
+class DataLoadError(ValueError):
+    """Data that can't be loaded as given: says where (file, line or row, column), what was found, what was expected.
+
+    Attributes: `path` (str, None for in-memory data), `line` (1-based physical line, or None), `row` (0-based data
+    row, or None), `column` (or None), `found`, `expected`.
+
+    >>> str(DataLoadError("tickets.csv", "an empty value", "a label", line=14, column="label"))
+    "tickets.csv, line 14, column 'label': found an empty value, expected a label"
+    """
+
+    def __init__(self, path, found: str, expected: str, *, line: int | None = None, row: int | None = None,
+                 column: str | None = None, source: str | None = None):
+        self.path = None if path is None else str(path)
+        self.line, self.row, self.column = line, row, column
+        self.found, self.expected = found, expected
+        self.source = source or self.path or "the data"
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        place = f"line {self.line}" if self.line is not None else "" if self.row is None else f"row {self.row}"
+        where = [self.source, place, "" if self.column is None else f"column {self.column!r}"]
+        return f"{', '.join(w for w in where if w)}: found {self.found}, expected {self.expected}"
+
+    def __reduce__(self):  # picklable (e.g. raised in a worker process), attributes and message intact
+        return type(self), (self.path, self.found, self.expected), dict(self.__dict__, args=self.args)
+
+    def with_skip_hint(self) -> "DataLoadError":
+        self.expected += SKIP_HINT
+        self.args = (self._message(),)
+        return self
+
+
+@dataclass
+class SkippedRow:
+    """One row left out under strict=False: where it was, a short reason (for counting) and the full message."""
+    line: int | None
+    row: int | None
+    reason: str
+    detail: str = ""
+
+
+class Problems:
+    """Row-level problems: raised at once when strict, else recorded as skipped rows."""
+
+    def __init__(self, strict: bool):
+        self.strict = strict
+        self.skipped: list[SkippedRow] = []
+
+    def row_error(self, reason: str, err: DataLoadError) -> None:
+        if self.strict:
+            raise err.with_skip_hint() from None  # never chain the parser error that led here
+        self.skipped.append(SkippedRow(err.line, err.row, reason, str(err)))
+
+
+@dataclass
+class Table:
+    """One split as read: values per column, and per row its physical line (None in memory) and 0-based row."""
+    name: str                       # how messages name the source: a path, "the DataFrame", ...
+    path: str | None
+    columns: list[str]
+    values: dict                    # column -> sequence of values (MISSING where a JSON object lacks the key)
+    lines: list
+    rows: list
+    files: list | None = None       # per-row file, for a folder of text files
+    features: dict = field(default_factory=dict)   # source features (a datasets.Dataset's ClassLabels)
+    header_line: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def error(self, i: int, column: str | None, found: str, expected: str) -> DataLoadError:
+        path = self.files[i] if self.files else self.path
+        return DataLoadError(path, found, expected, line=self.lines[i], row=self.rows[i], column=column,
+                             source=path if self.files else self.name)
+
+
+def first_duplicate(names: list[str]) -> str | None:
+    seen = set()
+    return next((n for n in names if n in seen or seen.add(n)), None)
+
+
+def table_from_records(name: str, path, records: list[dict], lines: list, rows: list, columns=None, **kw) -> Table:
+    """A Table from dict rows; a key some rows lack is MISSING there."""
+    columns = list(columns or dict.fromkeys(k for rec in records for k in rec))
+    values = {c: [rec.get(c, MISSING) for rec in records] for c in columns}
+    return Table(name, None if path is None else str(path), columns, values, lines, rows, **kw)
+
+
+# --- encoding -------------------------------------------------------------------------------------------------
+# (BOM, name to report, codec that strips the BOM); UTF-32 first since its LE BOM starts with UTF-16's.
+_BOMS = [(codecs.BOM_UTF32_LE, "utf-32-le", "utf-32"), (codecs.BOM_UTF32_BE, "utf-32-be", "utf-32"),
+         (codecs.BOM_UTF8, "utf-8-sig", "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16-le", "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16-be", "utf-16")]
+_MAGIC = {b"PAR1": 'a Parquet file (pass format="parquet")', b"\x1f\x8b": "a gzip-compressed file",
+          b"PK\x03\x04": "a ZIP archive, e.g. an .xlsx workbook (read it with pandas and pass the DataFrame)",
+          b"%PDF": "a PDF document", b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image"}
+_CHUNK_BYTES = 1 << 20
+_LATIN_CODE_PAGES = ("cp1250", "cp1252", "cp1257", "cp775", "latin", "mac_latin2", "mac_iceland", "mac_roman",
+                     "iso8859_1", "iso8859_2", "iso8859_3", "iso8859_4", "iso8859_9")  # _1 also covers _10, _13-_16
+
+
+def detect_encoding(path: Path, encoding: str | None) -> tuple[str, str, bool]:
+    """(codec to open with, encoding name to report, has a BOM). Checks a BOM-less file is text in valid UTF-8."""
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise DataLoadError(path, f"unknown encoding {encoding!r}",
+                                "a Python codec name such as 'utf-8', 'cp1252' or 'latin-1'") from None
+        return encoding, encoding, False
+    with open(path, "rb") as f:
+        head = f.read(4)
+    for bom, name, codec in _BOMS:
+        if head.startswith(bom):
+            if codec == "utf-8-sig":
+                check_utf8_text(path)
+            return codec, name, True
+    check_utf8_text(path)
+    return "utf-8", "utf-8", False
+
+
+def _binary_problem(path: Path, head: bytes) -> DataLoadError | None:
+    what = next((what for magic, what in _MAGIC.items() if head.startswith(magic)), None)
+    if what:
+        return DataLoadError(path, f"{what}, not text", "a text file (CSV, TSV, JSONL, JSON or CoNLL)", line=1)
+    if len(head) >= 8 and head[1::2].count(0) > 0.9 * len(head[1::2]):
+        return DataLoadError(path, "UTF-16 little-endian text without a BOM (every second byte is 0x00)",
+                             'text with a BOM or in UTF-8: pass encoding="utf-16-le"', line=1)
+    controls = sum(b < 9 or 13 < b < 32 for b in head)
+    if controls > 0.1 * len(head):
+        return DataLoadError(path, f"binary data ({controls} of the first {len(head)} bytes are control bytes)",
+                             "a text file (CSV, TSV, JSONL, JSON or CoNLL)", line=1)
+    return None
+
+
+def check_utf8_text(path: Path) -> None:
+    """Stream the file once: raise at the first NUL byte or invalid UTF-8 byte, with its byte offset and line."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = newlines = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK_BYTES):
+            if offset == 0 and (err := _binary_problem(path, chunk[:8192])):
+                raise err
+            nul = chunk.find(b"\x00")
+            if nul >= 0:
+                raise DataLoadError(path, f"a NUL byte (0x00) at byte offset {offset + nul}",
+                                    "text; NUL bytes only occur in binary files (remove it, or check the export)",
+                                    line=newlines + chunk.count(b"\n", 0, nul) + 1)
+            pending = decoder.getstate()[0]
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                _raise_not_utf8(path, pending + chunk, exc.start, offset - len(pending), newlines)
+            offset += len(chunk)
+            newlines += chunk.count(b"\n")
+        pending = decoder.getstate()[0]
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            _raise_not_utf8(path, pending, exc.start, offset - len(pending), newlines)
+
+
+def _raise_not_utf8(path: Path, data: bytes, start: int, data_offset: int, newlines_before: int) -> None:
+    line = newlines_before + data.count(b"\n", 0, start) + 1
+    guess = guess_encoding(data)
+    raise DataLoadError(path, f"byte 0x{data[start]:02x} at byte offset {data_offset + start}, which is not valid "
+                        f"UTF-8", f'UTF-8 text; it looks like {guess}: pass encoding="{guess}"', line=line) from None
+
+
+def guess_encoding(data: bytes) -> str:
+    """The likely encoding of non-UTF-8 bytes: charset-normalizer's guess from the lines holding non-ASCII bytes,
+    else cp1252 (Windows Western European, the most common by far). Its guesses from a few bytes are noise, and
+    among the Latin code pages it can't tell; there cp1252 wins whenever it decodes the bytes."""
+    sample = b"\n".join(line for line in data.split(b"\n") if max(line, default=0) >= 0x80)[:1 << 16]
+    best = None
+    if sum(b >= 0x80 for b in sample) >= 8:
+        with contextlib.suppress(ImportError):
+            import charset_normalizer
+            best = charset_normalizer.from_bytes(sample).best()
+    name = best.encoding if best is not None else "cp1252"
+    if name.startswith(_LATIN_CODE_PAGES) or name in ("utf_8", "ascii"):
+        with contextlib.suppress(UnicodeDecodeError):
+            sample.decode("cp1252")
+            return "cp1252"
+    return name
+
+
+# --- CSV / TSV ------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _large_fields():
+    """Lift csv's 128 KiB field limit while reading; 2**31-1 fits a C long everywhere (Windows' is 32-bit)."""
+    before = csv.field_size_limit()
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
+
+
+def _kept_lines(stream, current: list):
+    """The file's lines for csv.reader; `current` collects those of the record being parsed (to place a quote)."""
+    for line in stream:
+        current.append(line)
+        yield line
+
+
+def _open_quote(lines: list[str], delimiter: str) -> tuple[int, int]:
+    """(line index, field index) where the quoted field still open at the end of `lines` began."""
+    state, field_idx, opened = "start", 0, (0, 0)
+    for n, line in enumerate(lines):
+        for ch in line:
+            if state == "quoted":
+                state = "after_quote" if ch == '"' else "quoted"
+            elif ch == delimiter:
+                state, field_idx = "start", field_idx + 1
+            elif ch == '"' and state in ("start", "after_quote"):
+                opened = (n, field_idx) if state == "start" else opened
+                state = "quoted"
+            elif ch in "\r\n" and state != "quoted":
+                state, field_idx = "start", 0
+            else:
+                state = "unquoted"
+    return opened
+
+
+def _header(path: Path, record: list[str], line: int, delimiter: str) -> list[str]:
+    names = [name.strip() or f"unnamed: {i}" for i, name in enumerate(record)]
+    if len(names) == 1:
+        other = {",": ("\t", "tab", "tsv"), "\t": (",", "comma", "csv")}[delimiter]
+        if other[0] in names[0]:
+            raise DataLoadError(path, f"one column {names[0]!r} holding {other[1]}s",
+                                f'{"tab" if delimiter == chr(9) else "comma"}-separated columns; this file looks '
+                                f'{other[1]}-separated: pass format="{other[2]}"', line=line)
+        if ";" in names[0]:
+            raise DataLoadError(path, f"one column {names[0]!r} holding semicolons",
+                                "comma-separated columns; semicolon-separated files aren't read directly: use "
+                                "pandas.read_csv(path, sep=';') and pass the DataFrame", line=line)
+    if (dup := first_duplicate(names)) is not None:
+        first = names.index(dup)
+        raise DataLoadError(path, f"the column name {dup!r} twice (fields {first + 1} and "
+                            f"{names.index(dup, first + 1) + 1})", "unique column names", line=line, column=dup)
+    return names
+
+
+def read_csv(path: Path, stream, delimiter: str, problems: Problems) -> Table:
+    """Rows of a CSV/TSV file; every row keeps the physical line it started on (quoted fields may span lines)."""
+    header, header_line, n_rows, current = None, None, 0, []
+    records, starts, rows = [], [], []
+    with _large_fields():
+        reader = csv.reader(_kept_lines(stream, current), delimiter=delimiter, strict=True)
+        while True:
+            start = reader.line_num + 1
+            current.clear()
+            try:
+                record = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                err = _csv_error(path, str(exc), current, start, delimiter, header, reader.line_num)
+                if header is None or "end of data" in str(exc):
+                    raise err from None  # an unclosed quote swallowed the rest of the file: nothing to resume
+                err.row, n_rows = n_rows, n_rows + 1
+                problems.row_error("bad quoting", err)
+                continue
+            if not record:
+                continue  # a blank line: no data
+            if header is None:
+                header, header_line = _header(path, record, start, delimiter), start
+                continue
+            if len(record) != len(header):
+                problems.row_error("wrong field count", DataLoadError(
+                    path, f"{len(record)} fields", f"{len(header)} fields like the header ({', '.join(header)}); "
+                    f"a field containing {_delimiter_name(delimiter)} must be quoted", line=start, row=n_rows))
+            else:
+                records.append(dict(zip(header, record))), starts.append(start), rows.append(n_rows)
+            n_rows += 1
+    if header is None:
+        raise DataLoadError(path, "an empty file", "a header line naming the columns, then one row per line")
+    if n_rows == 0:
+        raise DataLoadError(path, f"only the header line ({', '.join(header)}) and no data rows",
+                            "at least one row under the header", line=header_line)
+    return table_from_records(str(path), path, records, starts, rows, columns=header, header_line=header_line)
+
+
+def _delimiter_name(delimiter: str) -> str:
+    return "a tab" if delimiter == "\t" else repr(delimiter)
+
+
+def _csv_error(path, message: str, record_lines: list[str], start: int, delimiter: str, header, line_num: int):
+    if "end of data" in message:
+        n, field_idx = _open_quote(record_lines, delimiter)
+        column = header[field_idx] if header and field_idx < len(header) else None
+        return DataLoadError(path, "a quote (\") that is never closed: the rest of the file was read into this field",
+                             'a closing quote; a quote inside a quoted field is written twice ("")',
+                             line=start + n, column=column)
+    if "expected after" in message:
+        return DataLoadError(path, f"text after a closing quote ({message})",
+                             f"{_delimiter_name(delimiter)} or the line's end after a closing quote; a quote inside "
+                             'a quoted field is written twice ("")', line=line_num)
+    return DataLoadError(path, f"a CSV syntax error ({message})", "well-formed CSV", line=line_num)
+
+
+# --- JSON Lines / JSON ----------------------------------------------------------------------------------------
+def kind_of(value) -> str:
+    """How a message names a value's type: 'a string', 'a number', 'an object', 'a list', ..."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "a number"
+    return {bool: "a boolean", dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(
+        type(value), f"a {type(value).__name__}")
+
+
+def read_jsonl(path: Path, stream, problems: Problems) -> Table:
+    """One JSON object per line; blank lines are allowed; a bad line is reported with the parser's column."""
+    records, lines, rows, n_rows = [], [], [], 0
+    for n, raw in enumerate(stream, start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            problems.row_error("bad JSON", DataLoadError(path, f"invalid JSON: {exc.msg} (column {exc.colno})",
+                                                         "one JSON object per line", line=n, row=n_rows))
+        else:
+            if isinstance(obj, dict):
+                records.append(obj), lines.append(n), rows.append(n_rows)
+            else:
+                problems.row_error("not an object", DataLoadError(path, f"{kind_of(obj)} ({raw.strip()[:40]})",
+                                                                  'an object like {"text": ..., "label": ...}',
+                                                                  line=n, row=n_rows))
+        n_rows += 1
+    if n_rows == 0:
+        raise DataLoadError(path, "an empty file", 'one JSON object per line, like {"text": ..., "label": ...}')
+    return table_from_records(str(path), path, records, lines, rows)
+
+
+def read_json(path: Path, text: str, problems: Problems) -> Table:
+    """A .json file: a list of objects (each keeps the line it starts on), or JSON Lines saved as .json."""
+    if not text.strip():
+        raise DataLoadError(path, "an empty file", "a JSON list of objects")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if text.lstrip().startswith("{") and exc.msg == "Extra data":  # several objects: JSON Lines
+            return read_jsonl(path, text.splitlines(keepends=True), problems)
+        found = "the end of the file inside the list" if exc.pos >= len(text.rstrip()) else \
+            f"invalid JSON: {exc.msg} (column {exc.colno})"
+        raise DataLoadError(path, found, "a JSON list of objects, closed with ']'", line=exc.lineno) from None
+    first_line = text[:len(text) - len(text.lstrip())].count("\n") + 1
+    if not isinstance(data, list) or not data:
+        found = f"a single JSON object (keys: {', '.join(list(data)[:8])})" if isinstance(data, dict) else \
+            "an empty list []" if data == [] else kind_of(data)
+        raise DataLoadError(path, found, "a list of objects [{...}, {...}] or one object per line (JSON Lines)",
+                            line=first_line)
+    records, lines, rows = [], [], []
+    for row, (obj, line) in enumerate(zip(data, _item_lines(text))):
+        if isinstance(obj, dict):
+            records.append(obj), lines.append(line), rows.append(row)
+        else:
+            problems.row_error("not an object", DataLoadError(
+                path, f"{kind_of(obj)} in the list", 'an object like {"text": ..., "label": ...}', line=line, row=row))
+    return table_from_records(str(path), path, records, lines, rows)
+
+
+def _item_lines(text: str):
+    """The line each item of a valid top-level JSON list starts on."""
+    decoder, i = json.JSONDecoder(), text.index("[") + 1
+    line, counted = text.count("\n", 0, i) + 1, i
+    while True:
+        while text[i] in " \t\r\n,":
+            i += 1
+        if text[i] == "]":
+            return
+        line, counted = line + text.count("\n", counted, i), i
+        yield line
+        i = decoder.raw_decode(text, i)[1]
+
+
+# --- Parquet, CoNLL -------------------------------------------------------------------------------------------
+def read_parquet(path: Path) -> Table:
+    """A Parquet file's rows; a truncated or corrupt file gets pyarrow's short message, not its traceback."""
+    import pyarrow.parquet as pq
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... depending on where the file breaks
+        message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise DataLoadError(path, f"a file Parquet can't read ({message})",
+                            "a complete Parquet file (is it truncated, or still being written?)") from None
+    names = table.column_names
+    if (dup := first_duplicate(names)) is not None:
+        raise DataLoadError(path, f"the column name {dup!r} twice", "unique column names", column=dup)
+    n = table.num_rows
+    return Table(str(path), str(path), names, table.to_pydict(), [None] * n, list(range(n)))
+
+
+def _sentences(stream):
+    """Blocks of (line number, line) between blank lines; -DOCSTART- lines end a block too."""
+    block = []
+    for n, raw in enumerate(stream, start=1):
+        line = raw.rstrip("\r\n")
+        if line.strip() and not line.startswith("-DOCSTART-"):
+            block.append((n, line))
+        elif block:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def _conll_pair(path: Path, n: int, line: str, row: int):
+    """(token, tag) from one line (first field, last field), or the DataLoadError saying what is wrong with it."""
+    parts = [p.strip() for p in (line.split("\t") if "\t" in line else line.split(" "))]
+    filled = [p for p in parts if p]
+    if len(filled) >= 2:
+        return filled[0], filled[-1]
+    found = f"a tag {filled[0]!r} with no token before it" if not parts[0] else \
+        f"only one field {filled[0]!r} (the tag is missing)"
+    return DataLoadError(path, found, "'token<TAB>tag' on each line, e.g. 'Paris\\tB-LOC'", line=n, row=row)
+
+
+def read_conll(path: Path, stream, problems: Problems) -> Table:
+    """CoNLL: `token<TAB or space>tag` per line (the first field is the token, the last the tag), a blank line
+    between sentences; -DOCSTART- lines are skipped. Each sentence keeps the line it starts on."""
+    tokens, tags, lines, rows, row = [], [], [], [], -1
+    for row, block in enumerate(_sentences(stream)):
+        pairs = [_conll_pair(path, n, line, row) for n, line in block]
+        bad = next((p for p in pairs if isinstance(p, DataLoadError)), None)
+        if bad is not None:
+            problems.row_error("bad CoNLL line", bad)
+        else:
+            tokens.append([p[0] for p in pairs]), tags.append([p[1] for p in pairs])
+            lines.append(block[0][0]), rows.append(row)
+    if row < 0:
+        raise DataLoadError(path, "an empty file", "CoNLL lines 'token<TAB>tag', a blank line between sentences")
+    return Table(str(path), str(path), ["tokens", "tags"], {"tokens": tokens, "tags": tags}, lines, rows)
