@@ -93,13 +93,21 @@ def test_missing_text_column_suggests_close_name(tmp_path):
     csv = _write_csv(tmp_path / "typo.csv", "txt,label")
     with pytest.raises(DataError) as err:
         Run(_config(tmp_path, f"data.dataset={csv}"))
-    assert "'text'" in str(err.value) and "Did you mean 'txt'?" in str(err.value)
+    assert "'text'" in str(err.value) and "did you mean 'txt'?" in str(err.value).lower()
 
 
 def test_unsupported_file_type(tmp_path):
+    path = tmp_path / "data.xlsx"
+    path.write_bytes(b"not a spreadsheet either")
+    with pytest.raises(DataError) as err:
+        Run(_config(tmp_path, f"data.dataset={path}"))
+    assert str(path) in str(err.value) and ".xlsx" in str(err.value) and ".csv" in str(err.value)
+
+
+def test_corrupt_parquet_is_named(tmp_path):
     path = tmp_path / "data.parquet"
     path.write_bytes(b"not really parquet")
-    with pytest.raises(DataError, match=r"unsupported file type '\.parquet'"):
+    with pytest.raises(DataError, match=r"data\.parquet: found a file Parquet can't read"):
         Run(_config(tmp_path, f"data.dataset={path}"))
 
 

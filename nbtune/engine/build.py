@@ -65,9 +65,11 @@ def load_data(cfg: RunConfig, dataset=None):
     else:
         where = f"dataset '{cfg.data.dataset}'"
         dataset = assets.load_dataset(cfg.data.dataset, seed=13) if cfg.data.dataset in assets.DATASETS \
-            else _load_file(cfg.data.dataset)
+            else _load_file(cfg)
         where = f"{cfg.data.dataset}" if cfg.data.dataset not in assets.DATASETS else where
     dataset = _ensure_splits(dataset, cfg.train.seed, where)
+    if cfg.data.cleaning:
+        dataset = _clean(dataset, cfg.data.cleaning, cfg.data.text_column)
     if cfg.data.max_train_samples:
         dataset["train"] = dataset["train"].select(range(min(cfg.data.max_train_samples, len(dataset["train"]))))
     if cfg.data.max_eval_samples:
@@ -76,8 +78,38 @@ def load_data(cfg: RunConfig, dataset=None):
     return dataset, where
 
 
-def _load_file(path_text: str):
+def _clean(dataset, spec: list, text_column: str):
+    """Apply the config's cleaning steps to the text column of every split (the same steps run at inference)."""
+    from nbtune.data.clean import apply_steps
+    import datasets
+    out = {}
+    for split, part in dataset.items():
+        if text_column not in part.column_names:
+            out[split] = part
+            continue
+        cleaned = apply_steps(list(part[text_column]), spec)
+        out[split] = part.remove_columns(text_column).add_column(text_column, cleaned)
+    return datasets.DatasetDict(out)
+
+
+def class_weight_tensor(cfg: RunConfig, data: tasks.TaskData, device) -> torch.Tensor | None:
+    """Per-class loss weights from the train split's label counts (train.class_weights), in label-id order."""
+    if cfg.train.class_weights is None:
+        return None
+    from nbtune.data.balance import class_weights
+    names = data.label_names
+    counts = [0] * len(names)
+    for row in data.rows["train"]:
+        counts[int(row["labels"])] += 1
+    weights = class_weights([names[i] for i, c in enumerate(counts) for _ in range(c)], scheme=cfg.train.class_weights)
+    return torch.tensor([float(weights.get(name, 0.0)) for name in names], dtype=torch.float32, device=device)
+
+
+def _load_file(cfg: RunConfig):
+    """A user's file through nbtune.data.load (clear errors with file, line and column), with the configured
+    column names kept; chat/LM files go through datasets' json/csv readers."""
     from nbtune import assets
+    path_text = cfg.data.dataset
     path = Path(path_text)
     if not path.exists():
         close = difflib.get_close_matches(path_text, list(assets.DATASETS), n=1, cutoff=0.5)
@@ -85,6 +117,22 @@ def _load_file(path_text: str):
         raise assets.UnknownAssetError(
             f"data.dataset={path_text!r} is neither a bundled dataset nor an existing file.{hint} "
             f"Bundled datasets: {', '.join(assets.DATASETS)}")
+    if cfg.task == "causal-lm":
+        return _load_lm_file(path)
+    from nbtune.data.load import DataLoadError, load
+    text, label = cfg.data.text_column, cfg.data.label_column
+    try:
+        if cfg.task == "token-classification":
+            return load(path, tokens="tokens", tags="tags")
+        dataset = load(path, text=text, label=label)
+    except DataLoadError as exc:  # same message, in the config's vocabulary
+        raise tasks.DataError(f"{exc} [run config: data.text_column={text!r}, data.label_column={label!r}]") \
+            from None
+    renames = {k: v for k, v in (("text", text), ("label", label)) if k != v}
+    return dataset.rename_columns(renames) if renames else dataset
+
+
+def _load_lm_file(path: Path):
     kind = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json"}.get(path.suffix.lower())
     if kind is None:
         raise tasks.DataError(f"{path}: unsupported file type '{path.suffix}'; use .csv, .tsv, .jsonl or .json")
