@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 TASKS = ("classification", "token-classification", "causal-lm")
+CLASS_WEIGHTS = ("balanced", "inverse_sqrt")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -76,6 +77,9 @@ class DataConfig:
                                            default=None)
     pad_to_max_length: bool = _help("Pad every batch to max_length (static shapes) instead of the longest row.",
                                     default=False)
+    cleaning: list = _help("Cleaning steps applied to every split before tokenising (and again at inference "
+                           "and export), e.g. ['strip_html', {'normalize': 'nfkc'}, 'whitespace']; "
+                           "see nbtune.data.clean.", default_factory=list)
 
 
 @dataclass
@@ -105,6 +109,9 @@ class TrainConfig:
                                     "CUDA syncs).", default=10)
     progress_bar: bool = _help("Show a tqdm progress bar on the console.", default=True)
     tensorboard: bool = _help("Write TensorBoard event files.", default=True)
+    class_weights: str | None = _help("Weight the classification loss per class, computed from the train split: "
+                                      "'balanced' (n / (k * count)), 'inverse_sqrt', or null for none.",
+                                      default=None)
     edits: list[dict] = _help("Scheduled edits [{step, name, value}], e.g. an LR change exported from a live run.",
                               default_factory=list)
 
@@ -151,6 +158,12 @@ class RunConfig:
             raise ConfigError(f"train.max_grad_norm must be > 0 or null, got {t.max_grad_norm!r}")
         for i, edit in enumerate(t.edits):
             _check_scheduled_edit(i, edit)
+        if t.class_weights is not None:
+            _choice("train.class_weights", t.class_weights, CLASS_WEIGHTS)
+            if self.task != "classification":
+                raise ConfigError(f"train.class_weights applies to task 'classification', not {self.task!r}")
+        if not isinstance(self.data.cleaning, list):
+            raise ConfigError(f"data.cleaning expects a list of steps, got {self.data.cleaning!r}")
 
     # ---- dict / YAML ----
     def to_dict(self) -> dict:

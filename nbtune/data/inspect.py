@@ -588,3 +588,8 @@ def inspect(ds, tokenizer=None, max_length: int | None = None, text: str = "text
         flags[np.concatenate([leaks.leaked_rows[s] for s in names])] |= LEAKED
     return DataReport(names, split_codes, row_in_split, row_labels, distribution.label_names, lengths, flags,
                       distribution, dups, leaks, flags_info, scripts, texts, seconds)
+
+
+from nbtune.data import make_callable  # noqa: E402 - `nbtune.data.inspect(...)` calls inspect()
+
+make_callable(__name__)

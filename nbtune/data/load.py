@@ -430,3 +430,8 @@ def _is_tagging(tables: dict[str, Table], text: str, tokens, tags) -> bool:
     if tokens is not None or tags is not None:
         return True
     return all(text not in t.columns and {"tokens", "tags"} <= set(t.columns) for t in tables.values())
+
+
+from nbtune.data import make_callable  # noqa: E402 - `nbtune.data.load(...)` calls load()
+
+make_callable(__name__)

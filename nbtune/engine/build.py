@@ -96,13 +96,10 @@ def class_weight_tensor(cfg: RunConfig, data: tasks.TaskData, device) -> torch.T
     """Per-class loss weights from the train split's label counts (train.class_weights), in label-id order."""
     if cfg.train.class_weights is None:
         return None
-    from nbtune.data.balance import class_weights
+    from nbtune.data.balance import class_weight_tensor, class_weights
     names = data.label_names
-    counts = [0] * len(names)
-    for row in data.rows["train"]:
-        counts[int(row["labels"])] += 1
-    weights = class_weights([names[i] for i, c in enumerate(counts) for _ in range(c)], scheme=cfg.train.class_weights)
-    return torch.tensor([float(weights.get(name, 0.0)) for name in names], dtype=torch.float32, device=device)
+    weights = class_weights([names[int(r["labels"])] for r in data.rows["train"]], scheme=cfg.train.class_weights)
+    return class_weight_tensor(weights, names).to(device)
 
 
 def _load_file(cfg: RunConfig):

@@ -75,7 +75,7 @@ def train(run) -> str:
             sync = contextlib.nullcontext() if last_micro else run.accelerator.no_sync(run.model)
             with sync:
                 with autocast(run):
-                    loss = run.model(**batch).loss / window_len
+                    loss = compute_loss(run, batch) / window_len
                 if run.scaler is not None:
                     run.scaler.scale(loss).backward()
                 else:
@@ -103,6 +103,16 @@ def train(run) -> str:
             _after_step(run, pending, epoch_end=True)
     _flush(run, pending)
     return "finished"
+
+
+def compute_loss(run, batch: dict) -> torch.Tensor:
+    """The model's own loss, or a class-weighted cross-entropy when the run has class weights."""
+    weights = getattr(run, "class_weights", None)
+    if weights is None:
+        return run.model(**batch).loss
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = run.model(**inputs).logits
+    return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=weights)
 
 
 def optimizer_step(run) -> dict:

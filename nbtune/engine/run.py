@@ -57,6 +57,7 @@ class Run:
         # Dropout differs per rank; the data plan does not use this RNG at all.
         torch.manual_seed(config.train.seed + 1000 * self.accelerator.process_index)
 
+        self.class_weights = build.class_weight_tensor(config, self.data, self.device)
         self.max_grad_norm = config.train.max_grad_norm
         self.control = Control()
         self.control.schedule_edits(config.train.edits)
@@ -224,7 +225,8 @@ class Run:
         self.emit({"kind": "start", "time": time.time(), "config": self.cfg.to_dict(), "device": str(self.device),
                    "precision": self.precision.name, "world_size": self.accelerator.num_processes,
                    "total_steps": self.total_steps, "step": self.state.step, "model": self.cfg.model.name,
-                   "dataset": self.cfg.data.dataset, "label_names": self.data.label_names})
+                   "dataset": self.cfg.data.dataset, "label_names": self.data.label_names,
+                   "class_weights": None if self.class_weights is None else self.class_weights.tolist()})
 
     def _close_sinks(self) -> None:
         for sink in self._sinks:

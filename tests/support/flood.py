@@ -84,7 +84,7 @@ class Flood:
             run.state.step = step
             self.written = step
         self.elapsed_s = time.monotonic() - t0
-        run.state.status = "completed"
-        self._emit({"kind": "end", "status": "completed", "step": total, "time": time.time()})
+        run.state.status = "finished"
+        self._emit({"kind": "end", "status": "finished", "step": total, "time": time.time()})
         for sink in run.sinks:
             sink.close()
