@@ -17,8 +17,9 @@ _LAZY = {
     "RunConfig": "nbtune.config", "ModelConfig": "nbtune.config", "DataConfig": "nbtune.config",
     "TrainConfig": "nbtune.config", "ConfigError": "nbtune.config",
     "Run": "nbtune.engine.run", "Control": "nbtune.engine.control",
-    "assets": "nbtune.assets",
-    "TrainPanel": "nbtune.ui.panels.train",
+    "assets": "nbtune.assets", "data": "nbtune.data",
+    "TrainPanel": "nbtune.ui.panels.train", "DataPanel": "nbtune.ui.panels.data",
+    "AnnotatePanel": "nbtune.ui.panels.annotate",
 }
 
 __all__ = list(_LAZY)

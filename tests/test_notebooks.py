@@ -34,3 +34,20 @@ def test_quickstart_notebook_executes(tmp_path):
     # The static snapshot is an update_display from the pump thread, parented to the panel's cell; nbclient
     # keeps only messages of the cell it is executing, so the snapshot is checked in-process
     # (tests/test_ui_train_panel.py) and in the browser tier, not here.
+
+
+@pytest.mark.integration
+def test_data_workbench_notebook_executes(tmp_path):
+    nb = _with_parameters(nbformat.read(NOTEBOOKS / "02_data_workbench.ipynb", as_version=4),
+                          f'DATASET = "sms-spam"\nMODEL = "minilm"\nMAX_LENGTH = 64\nLABEL_DIR = "{tmp_path / "labels"}"')
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors, errors
+    text = {i: "".join(o.get("data", {}).get("text/plain", "") for o in c.get("outputs", []))
+            for i, c in enumerate(nb.cells) if c.cell_type == "code"}
+    assert "['strip_html', 'normalize', 'whitespace', 'dedupe']" in text.values()   # the spec for data.cleaning
+    weights = next(t for t in text.values() if t.startswith("{'ham'"))
+    assert "'spam'" in weights
+    # nobody pressed a key in a headless run: the reference store holds the 10 labels, "me" none yet
+    reference = (tmp_path / "labels" / "reference.jsonl").read_text().splitlines()
+    assert len(reference) == 10
