@@ -51,3 +51,31 @@ def test_balanced_class_weights_reach_the_loss(tmp_path):
     assert torch.allclose(got, manual) and not torch.allclose(got, plain)
     run.start()
     assert run.state.step == 2 and run.state.status == "finished"
+
+
+def test_continue_with_new_labels_trains_further_and_is_marked(tmp_path):
+    from nbtune.engine.tasks import DataError
+    from nbtune.history import read_history
+    from nbtune.ui.figures import edit_markers
+
+    run = Run(_cfg(tmp_path))
+    run.start()
+    assert run.state.status == "finished" and run.state.step == 2
+    n_old = len(run.data.rows["train"])
+    with pytest.raises(DataError, match="label 'nope' does not occur"):
+        run.continue_with([("something else", "nope")])
+    before = {k: v.clone() for k, v in run.raw_model.state_dict().items()}
+    record = run.continue_with([("refund twice", "billing"), ("wifi keeps dropping", "tech"),
+                                ("charged twice for one order", "billing")], steps=3, lr=1e-4)
+    assert record["name"] == "data" and record["old"] == n_old and record["new"].startswith("+3 new")
+    assert len(run.data.rows["train"]) == 3 + min(3, n_old)
+    run.start()
+    assert run.state.status == "finished" and run.state.step == 5
+    after = run.raw_model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)         # it really trained on them
+    history = read_history(run.run_dir)
+    assert [e["step"] for e in history.edits if e["name"] == "data"] == [2]
+    assert 2 in edit_markers(history)[0]                                     # drawn on the loss chart
+    assert history.steps[-3:] == [3, 4, 5]
+    lr_after = [history.lr[g][history.steps.index(3)] for g in history.lr]
+    assert all(0 < v <= 1e-4 for v in lr_after)                              # the fresh schedule from 1e-4

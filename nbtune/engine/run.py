@@ -68,6 +68,7 @@ class Run:
         self.traceback: str | None = None  # the formatted traceback when the run ended in an error
         self.window_loss = torch.zeros((), device=self.device)
         self._user_sinks = list(sinks)
+        self._queued_records: list[dict[str, Any]] = []
         self._sinks: list[MetricSink] = []
         self._thread: threading.Thread | None = None
         self.run_dir = Path(run_dir) if run_dir else self._default_run_dir()
@@ -227,6 +228,19 @@ class Run:
                    "total_steps": self.total_steps, "step": self.state.step, "model": self.cfg.model.name,
                    "dataset": self.cfg.data.dataset, "label_names": self.data.label_names,
                    "class_weights": None if self.class_weights is None else self.class_weights.tolist()})
+        queued, self._queued_records = self._queued_records, []
+        for record in queued:
+            self.emit(record)
+
+    def queue_record(self, record: dict[str, Any]) -> None:
+        """Send a record to the sinks when training next starts (they are closed between trainings)."""
+        self._queued_records.append(record)
+
+    def continue_with(self, items: Any, **options: Any) -> dict:
+        """Train further on newly labelled rows (pairs, a {text: label} dict or a Dataset), mixed with a replay
+        sample of the original rows, then call `start()`. See nbtune.engine.incremental.continue_with."""
+        from nbtune.engine.incremental import continue_with
+        return continue_with(self, items, **options)
 
     def _close_sinks(self) -> None:
         for sink in self._sinks:
