@@ -185,3 +185,14 @@ def test_bad_arguments_say_what_was_found(tmp_path, kwargs, error, match):
     args = dict(texts=TEXTS, labels=LABELS, store_path=tmp_path / "labels.jsonl") | kwargs
     with pytest.raises(error, match=match):
         AnnotatePanel(**args)
+
+
+def test_labelled_pairs_feed_a_run(tmp_path):
+    from nbtune.ui.panels.annotate import AnnotatePanel
+    panel = AnnotatePanel(["a text", "b text", "c text"], labels=["ham", "spam"], store_path=tmp_path / "s.jsonl")
+    panel.press("2")
+    panel.press("s")
+    panel.press("1")
+    assert panel.labelled_pairs() == [("a text", "spam"), ("c text", "ham")]
+    panel.undo()
+    assert panel.labelled_pairs() == [("a text", "spam")]

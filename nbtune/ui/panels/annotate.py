@@ -99,6 +99,16 @@ class AnnotatePanel:
     def done(self) -> bool:
         return self.position >= len(self.texts)
 
+    def labelled_pairs(self) -> list[tuple[str, str]]:
+        """(text, label) for every item this annotator labelled (undos applied): what
+        `run.continue_with(...)` takes to train further on the new labels."""
+        pairs = []
+        for item_id, text in zip(self.item_ids, self.texts):
+            state = self.store.state.state(item_id)
+            if state is not None and state.action == "label":
+                pairs.append((text, state.label))
+        return pairs
+
     def _first_open(self, start: int) -> int:
         """The first item at or after `start` with no action in force."""
         for i in range(start, len(self.texts)):
