@@ -35,6 +35,9 @@ BENIGN_CONSOLE = [
     # Chromium reports every non-2xx fetch; JupyterLab probes optional endpoints (e.g. /lab/api/translations,
     # workspaces, news) and handles the 404s itself.
     re.compile(r"Failed to load resource: the server responded with a status of 404"),
+    # The page is shared by the browser modules; a module that ends deletes its kernel session while
+    # JupyterLab's debugger sidebar may still be asking that kernel for its state.
+    re.compile(r"Could not restore the debugger state: Canceled future for debug_request message"),
 ]
 
 # Loss-chart state read straight from plotly's graph div (`el.data`, `el.layout`): the raw "train loss"
