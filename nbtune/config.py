@@ -122,6 +122,8 @@ class RunConfig:
     model: ModelConfig = _help("What to fine-tune.", default_factory=ModelConfig)
     data: DataConfig = _help("What to train on.", default_factory=DataConfig)
     train: TrainConfig = _help("How to train.", default_factory=TrainConfig)
+    methods: list = _help("Fine-tuning methods, composable: [{name: layer_lr, lr: {embeddings: 1e-6, attention: "
+                          "5e-5}}, ...]; see nbtune/methods/.", default_factory=list)
     output_dir: str = _help("Where runs are written; each run gets a subdirectory.", default="runs")
     run_name: str | None = _help("Subdirectory name; default is <model>-<dataset>-<timestamp>.", default=None)
 
@@ -162,6 +164,13 @@ class RunConfig:
             _choice("train.class_weights", t.class_weights, CLASS_WEIGHTS)
             if self.task != "classification":
                 raise ConfigError(f"train.class_weights applies to task 'classification', not {self.task!r}")
+        if not isinstance(self.methods, list):
+            raise ConfigError(f"methods expects a list like [{{name: layer_lr, ...}}], got {self.methods!r}")
+        from nbtune.methods import MethodError, build_methods
+        try:
+            build_methods(self.methods)
+        except MethodError as exc:
+            raise ConfigError(str(exc)) from None
         if not isinstance(self.data.cleaning, list):
             raise ConfigError(f"data.cleaning expects a list of steps, got {self.data.cleaning!r}")
 

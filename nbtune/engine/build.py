@@ -237,15 +237,26 @@ def build_model(cfg: RunConfig, resolved, label_names: list[str], tokenizer) -> 
     return model
 
 
-def param_groups(model: torch.nn.Module, cfg: RunConfig) -> list[dict]:
-    """AdamW groups: weight decay on matrices, none on biases and norm weights. Each group has a name."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [{"name": "decay", "params": decay, "weight_decay": cfg.train.weight_decay},
-              {"name": "no_decay", "params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: torch.nn.Module, cfg: RunConfig, method_groups: list | None = None) -> list[dict]:
+    """AdamW groups: weight decay on matrices, none on biases and norm weights. Each group has a name.
+
+    With `method_groups` (nbtune.methods ParamGroup list, e.g. from layer_lr) each method group is split the same
+    way, keeping its name and its own LR: "attention" and "attention (no decay)"."""
+    no_decay_ids = {id(p) for name, p in model.named_parameters() if p.ndim < 2 or "norm" in name.lower()}
+    if method_groups is None:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"name": "decay", "params": [p for p in trainable if id(p) not in no_decay_ids],
+                   "weight_decay": cfg.train.weight_decay},
+                  {"name": "no_decay", "params": [p for p in trainable if id(p) in no_decay_ids],
+                   "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
+    groups = []
+    for mg in method_groups:
+        lr = {} if mg.lr is None else {"lr": mg.lr}
+        groups.append({"name": mg.name, "params": [p for p in mg.params if id(p) not in no_decay_ids],
+                       "weight_decay": cfg.train.weight_decay, **lr})
+        groups.append({"name": f"{mg.name} (no decay)", "params": [p for p in mg.params if id(p) in no_decay_ids],
+                       "weight_decay": 0.0, **lr})
     return [g for g in groups if g["params"]]
 
 

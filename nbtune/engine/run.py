@@ -50,7 +50,17 @@ class Run:
         self.raw_model = build.build_model(config, resolved, self.data.label_names, self.tokenizer)
         self.raw_model.to(self.device)
         self.steps_per_epoch, self.total_steps = build.total_steps_for(config, len(self.epoch_plan(0)))
-        self.optimizer = build.build_optimizer(build.param_groups(self.raw_model, config), config, self.device)
+        from nbtune.methods import build_methods
+        self.methods = build_methods(config.methods)
+        method_groups = None
+        for method in self.methods:
+            groups = method.prepare(self.raw_model, config)
+            if groups is not None:
+                if method_groups is not None:
+                    raise ValueError(f"two methods define parameter groups; {method.name} is the second")
+                method_groups = groups
+        self.optimizer = build.build_optimizer(build.param_groups(self.raw_model, config, method_groups), config,
+                                               self.device)
         self.scheduler = build.build_scheduler(self.optimizer, config, self.total_steps)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision.use_grad_scaler else None
         self.model = self.accelerator.prepare_model(self.raw_model)  # DDP under torchrun / accelerate launch
@@ -174,7 +184,8 @@ class Run:
             record = self.control.log(step, "max_grad_norm", self.max_grad_norm, cmd.value)
             self.max_grad_norm = cmd.value
         else:  # weight_decay: groups that decay get the new value; no-decay groups stay at 0
-            groups = [g for g in self.optimizer.param_groups if g["weight_decay"] > 0 or g["name"] == "decay"]
+            groups = [g for g in self.optimizer.param_groups
+                      if g["name"] != "no_decay" and not g["name"].endswith("(no decay)")]
             record = self.control.log(step, "weight_decay", groups[0]["weight_decay"] if groups else None,
                                       cmd.value)
             for g in groups:
