@@ -20,8 +20,10 @@ MODELS = {
 LAYER_LR = {"name": "layer_lr", "lr": {"embeddings": 1e-5, "attention": 2e-4}, "layer_decay": 0.5}
 
 # method spec, expected group-name prefixes present, a check on each group's peak LR (name -> lr)
+UNFREEZE = {"name": "unfreeze", "every_n_steps": 1}
 MATRIX = [
     pytest.param(LAYER_LR, {"embeddings", "attention.0", "ffn.0", "norm"}, id="layer_lr"),
+    pytest.param(UNFREEZE, {"decay", "no_decay"}, id="unfreeze"),
 ]
 
 
@@ -101,6 +103,47 @@ def test_resume_is_bit_identical_with_layer_lr(tmp_path):
     assert len(ref_s["scheduler"]["base_lrs"]) > 2                   # really the per-group setup
 
 
+def test_progressive_unfreezing_opens_one_block_per_interval(tmp_path):
+    run = Run(_cfg(tmp_path, "bert-like", "train.max_steps=4", methods=[{"name": "unfreeze", "every_n_steps": 1}]))
+    (method,) = run.methods
+    assert method.block_names == ["head", "layer 1", "layer 0", "embeddings"]
+    snapshots = {}
+    for step in range(5):
+        run.state.step = step
+        method.on_step(run.state, run.optimizer)
+        snapshots[step] = [all(p.requires_grad for p in b) for b in method.blocks]
+    assert snapshots[0] == [True, False, False, False]                 # the head only
+    assert snapshots[2] == [True, True, True, False]
+    assert snapshots[4] == [True, True, True, True]
+    run.state.step = 0
+    method._open = None
+    before = {n: p.detach().clone() for n, p in run.raw_model.named_parameters()}
+    run.start()
+    edits = [e for e in run.control.edits if e["name"] == "unfreeze"]
+    assert [e["step"] for e in edits] == [0, 1, 2, 3]
+    after = dict(run.raw_model.named_parameters())
+    emb = [n for n in before if "embeddings" in n]
+    # embeddings opened only after step 3, so exactly one update (step 4) touched them; the head moved from step 1
+    assert all(not torch.equal(before[n], after[n]) for n in before if n.startswith("classifier"))
+    assert any(not torch.equal(before[n], after[n]) for n in emb)
+
+
+def test_freeze_then_unfreeze_and_resume_is_exact(tmp_path):
+    methods = "methods=[{name: unfreeze, schedule: freeze_then_unfreeze, every_n_epochs: 1}]"
+    from tests.test_resume import OVERRIDES
+    extra = {"overrides": [*OVERRIDES, methods]}
+    ref = _phase(tmp_path, "ref", **extra)
+    stopped = _phase(tmp_path, "resumed", stop_at=[3, 1], **extra)
+    done = _phase(tmp_path, "resumed", resume=stopped["run_dir"], **extra)
+    assert ref["step"] == done["step"] == 12
+    (ref_w, ref_s), (got_w, got_s) = _final(tmp_path / "ref"), _final(tmp_path / "resumed")
+    assert _max_diff(ref_w, got_w) == 0.0
+    assert _max_diff(ref_s["optimizer"]["state"], got_s["optimizer"]["state"]) == 0.0
+    edits = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    unfreeze = [(e["step"], e["new"]) for e in edits if e.get("kind") == "edit" and e["name"] == "unfreeze"]
+    assert unfreeze == [(0, "1/4 blocks: down to head"), (4, "4/4 blocks: down to embeddings")]
+
+
 def test_bad_method_configs_fail_before_training(tmp_path):
     with pytest.raises(ConfigError, match="unknown method 'layer_rl'. Did you mean 'layer_lr'"):
         RunConfig(methods=[{"name": "layer_rl"}]).validate()
@@ -108,6 +151,8 @@ def test_bad_method_configs_fail_before_training(tmp_path):
         RunConfig(methods=[{"name": "layer_lr", "lr": {"attn": 1e-5}}]).validate()
     with pytest.raises(ConfigError, match="unexpected keyword argument 'decay'"):
         RunConfig(methods=[{"name": "layer_lr", "decay": 0.9}]).validate()
+    with pytest.raises(ConfigError, match="exactly one of every_n_steps or every_n_epochs"):
+        RunConfig(methods=[{"name": "unfreeze"}]).validate()
     cfg = _cfg(tmp_path, "bert-like", methods=[{"name": "layer_lr", "patterns": {"adapters": r"lora_"}}])
     with pytest.raises(MethodError, match=r"group\(s\) \['adapters'\] match no trainable parameter"):
         Run(cfg)

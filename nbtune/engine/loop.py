@@ -54,6 +54,7 @@ def train(run) -> str:
     # Kept on the run so a mid-window checkpoint can save it; read to the host only then.
     run.window_loss = window_loss = torch.tensor(st.window_loss, device=run.device)
     run.model.train()
+    _method_steps(run)  # the trainable set for this step (a resumed run starts where the first one was)
     while st.step < run.total_steps:
         batches = run.epoch_plan(st.epoch)
         while st.batch_index < len(batches) and st.step < run.total_steps:
@@ -88,6 +89,7 @@ def train(run) -> str:
 
             record = optimizer_step(run)
             st.step += 1
+            _method_steps(run)
             st.micro_step = 0
             record.update(kind="step", step=st.step, epoch=st.epoch + st.batch_index / len(batches),
                           loss=window_loss.clone())
@@ -99,10 +101,20 @@ def train(run) -> str:
         if st.batch_index >= len(batches):
             st.epoch += 1
             st.batch_index = 0
+            _method_steps(run)  # epoch-based schedules change at the boundary
             _flush(run, pending)
             _after_step(run, pending, epoch_end=True)
     _flush(run, pending)
     return "finished"
+
+
+def _method_steps(run) -> None:
+    """Each method's on_step hook; a record it returns (e.g. an unfreeze edit) goes to the sinks."""
+    for method in getattr(run, "methods", ()):
+        record = method.on_step(run.state, run.optimizer)
+        if record:
+            run.control.edits.append(record)
+            run.emit(record)
 
 
 def compute_loss(run, batch: dict) -> torch.Tensor:

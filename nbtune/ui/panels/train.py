@@ -219,6 +219,11 @@ def status_html(run: Any, history: RunHistory) -> str:
     device = getattr(run, "device", None) or (history.start or {}).get("device")
     parts = [str(status), f"step {step}/{total}", f"epoch {float(epoch):.2f}",
              f"ETA {eta_text(history, total)}", best, f"{device} · {precision}", memory_text(device)]
+    model = getattr(run, "raw_model", None)
+    if model is not None:  # what trains now (unfreezing, adapters)
+        params = list(model.parameters())
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        parts.append(f"trainable {trainable / 1e6:.2f}M of {sum(p.numel() for p in params) / 1e6:.2f}M")
     return "<code>" + " | ".join(html.escape(p) for p in parts) + "</code>"
 
 

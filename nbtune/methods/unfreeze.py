@@ -1,0 +1,88 @@
+"""Progressive unfreezing: train the top of the network first, then open it block by block downwards.
+
+Blocks, top-down: the head (and every parameter outside the numbered layers and the embeddings), the last
+layer, ..., the first layer, the embeddings. ``schedule="progressive"`` opens one more block every
+`every_n_steps` optimizer steps (or every `every_n_epochs` epochs); ``"freeze_then_unfreeze"`` (fastai) trains
+only the first `start_with` blocks for one interval, then everything. The trainable set is a pure function of
+the step and epoch, so a resumed run freezes exactly what the uninterrupted one did; each change is logged
+as a ``unfreeze`` edit (drawn on the charts).
+
+    >>> Unfreeze(every_n_steps=100).trainable_blocks(step=250, epoch=0, n_blocks=5)
+    3
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from nbtune.methods import register
+from nbtune.methods.base import Method, MethodError
+from nbtune.methods.layer_lr import LAYER_INDEX, group_of
+
+SCHEDULES = ("progressive", "freeze_then_unfreeze")
+
+
+@register
+@dataclass
+class Unfreeze(Method):
+    """Args: schedule ("progressive" or "freeze_then_unfreeze"), every_n_steps or every_n_epochs (one of them),
+    start_with: blocks trainable at the start (1 = the head only)."""
+
+    name: ClassVar[str] = "unfreeze"
+    schedule: str = "progressive"
+    every_n_steps: int | None = None
+    every_n_epochs: int | None = None
+    start_with: int = 1
+    blocks: list[list[Any]] = field(default_factory=list, repr=False)
+    block_names: list[str] = field(default_factory=list, repr=False)
+    _open: int | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise MethodError(f"unfreeze: schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if (self.every_n_steps is None) == (self.every_n_epochs is None):
+            raise MethodError("unfreeze: give exactly one of every_n_steps or every_n_epochs")
+        interval = self.every_n_steps if self.every_n_steps is not None else self.every_n_epochs
+        if not isinstance(interval, int) or interval < 1:
+            raise MethodError(f"unfreeze: the interval must be a whole number >= 1, got {interval!r}")
+        if self.start_with < 1:
+            raise MethodError(f"unfreeze: start_with must be >= 1, got {self.start_with}")
+
+    def prepare(self, model: Any, cfg: Any) -> None:
+        layers: dict[int, list[Any]] = {}
+        top, embeddings = [], []
+        for n, p in model.named_parameters():
+            if not p.requires_grad:
+                continue  # frozen by something else (e.g. LoRA): never opened here
+            m = LAYER_INDEX.search(n)
+            if m:
+                layers.setdefault(int(m.group(1)), []).append(p)
+            elif group_of(n) == "embeddings":
+                embeddings.append(p)
+            else:
+                top.append(p)
+        if not layers:
+            raise MethodError("unfreeze: found no numbered layers (…layer.N… / …layers.N…) in this model")
+        order = sorted(layers, reverse=True)
+        self.blocks = [b for b in [top, *(layers[i] for i in order), embeddings] if b]
+        self.block_names = (["head"] if top else []) + [f"layer {i}" for i in order] + (
+            ["embeddings"] if embeddings else [])
+        self._open = None
+        return None
+
+    def trainable_blocks(self, step: int, epoch: int, n_blocks: int) -> int:
+        elapsed = step // self.every_n_steps if self.every_n_steps is not None else epoch // self.every_n_epochs
+        if self.schedule == "progressive":
+            return min(n_blocks, self.start_with + elapsed)
+        return n_blocks if elapsed >= 1 else min(n_blocks, self.start_with)
+
+    def on_step(self, state: Any, optimizer: Any) -> dict | None:
+        n = self.trainable_blocks(state.step, state.epoch, len(self.blocks))
+        if n == self._open:
+            return None
+        old, self._open = self._open, n
+        for i, block in enumerate(self.blocks):
+            for p in block:
+                p.requires_grad_(i < n)
+        return {"kind": "edit", "step": state.step, "name": "unfreeze", "old": old,
+                "new": f"{n}/{len(self.blocks)} blocks: down to {self.block_names[n - 1]}"}
