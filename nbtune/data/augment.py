@@ -279,20 +279,12 @@ def _seq2seq(model: Any):
 
 
 def _translate(texts: list[str], model, tokenizer, batch_size: int, max_length: int, num_beams: int) -> list[str]:
-    import torch
+    from nbtune.data.batched import eval_batches
 
-    was_training, out = model.training, []
-    device = next(model.parameters()).device
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                                  truncation=True, max_length=max_length).to(device)
-                ids = model.generate(**batch, max_new_tokens=max_length, num_beams=num_beams, do_sample=False)
-                out += tokenizer.batch_decode(ids, skip_special_tokens=True)
-    finally:
-        model.train(was_training)
+    out: list[str] = []
+    for _, batch in eval_batches(model, tokenizer, texts, batch_size, max_length):
+        ids = model.generate(**batch, max_new_tokens=max_length, num_beams=num_beams, do_sample=False)
+        out += tokenizer.batch_decode(ids, skip_special_tokens=True)
     return [t.strip() for t in out]
 
 

@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import fields
 from typing import Any, ClassVar, Sequence
 
@@ -11,14 +12,15 @@ class CleanSpecError(ValueError):
     """A cleaning spec names an unknown step or gives it parameters it does not take."""
 
 
-class _Step:
+class _Step(ABC):
     """Shared spec handling: the spec is the name alone, ``{name: primary_value}`` or ``{name: {params}}``."""
     name: ClassVar[str]
     primary: ClassVar[str | None] = None  # the parameter a scalar spec value sets, e.g. {"normalize": "nfc"}
     dataset_level: ClassVar[bool] = False
 
+    @abstractmethod
     def apply(self, text: str) -> str:
-        raise NotImplementedError
+        """The cleaned text; every step defines it."""
 
     def to_spec(self) -> str | dict:
         changed = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}

@@ -67,19 +67,13 @@ def _example_losses(texts: list[str], labels: np.ndarray, model, tokenizer, batc
     import torch
     import torch.nn.functional as F
 
-    was_training, out = model.training, []
-    device = next(model.parameters()).device
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                                  truncation=True, max_length=max_length).to(device)
-                logits = model(**batch).logits.float()  # (B, num_labels)
-                target = torch.as_tensor(labels[start:start + batch_size], device=device)
-                out.append(F.cross_entropy(logits, target, reduction="none").cpu().numpy())
-    finally:
-        model.train(was_training)
+    from nbtune.data.batched import eval_batches
+
+    out = []
+    for start, batch in eval_batches(model, tokenizer, texts, batch_size, max_length):
+        logits = model(**batch).logits.float()  # (B, num_labels)
+        target = torch.as_tensor(labels[start:start + batch_size], device=logits.device)
+        out.append(F.cross_entropy(logits, target, reduction="none").cpu().numpy())
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
