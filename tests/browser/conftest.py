@@ -192,3 +192,46 @@ def page(artifacts):
                 "\n".join(f"{t}: {text} [{url}]" for t, text, url in pg.console_lines))
             ctx.close()
     shutil.rmtree(profile, ignore_errors=True)
+
+
+def poll(fn, cond, timeout_s: float, interval_s: float = 0.25):
+    """Call fn() until cond(value) holds; return (value, seconds waited). Raises with the last value."""
+    t0 = time.monotonic()
+    while True:
+        value = fn()
+        if cond(value):
+            return value, time.monotonic() - t0
+        if time.monotonic() - t0 > timeout_s:
+            raise AssertionError(f"condition not met within {timeout_s}s; last value {str(value)[:500]}")
+        time.sleep(interval_s)
+
+
+def open_and_run_all(lab: Lab, page, name: str, wait_ms: int = 180_000) -> KernelProbe:
+    """Open notebook `name` (a unique name means a fresh kernel), wait for its kernel, attach a probe, and click
+    Run > Run All Cells (accepting a "Select Kernel" dialog should the session race the click)."""
+    import re
+
+    from playwright.sync_api import expect
+    page.goto(lab.url(name))
+    page.wait_for_selector(".jp-Notebook", timeout=wait_ms)
+    # The execution indicator reads "idle" before any kernel exists; the status-bar text does not.
+    expect(page.locator("span.jp-StatusBar-TextItem[title^='Change kernel']")).to_have_text(
+        re.compile(r"^Python 3.*\| Idle$"), timeout=wait_ms)
+    probe = KernelProbe(lab.runtime_dir / f"kernel-{lab.kernel_for(name)}.json")
+    page.click(".lm-MenuBar-item:has-text('Run')")
+    page.click("li.lm-Menu-item[data-command='runmenu:run-all']")
+    accept = page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept")
+    if accept.count():
+        accept.click()
+    return probe
+
+
+def end_session(lab: Lab, probe: KernelProbe, name: str) -> None:
+    """Close the probe and shut down the kernel session of notebook `name`."""
+    probe.close()
+    try:
+        for s in lab.api("/api/sessions") or []:
+            if s.get("path", "").endswith(name):
+                lab.api(f"/api/sessions/{s['id']}", method="DELETE")
+    except Exception as exc:  # noqa: BLE001 - teardown must not hide the test's own result
+        print(f"[browser] could not delete the session of {name}: {exc}")

@@ -7,13 +7,12 @@ timed in the browser (reported, not asserted).
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import KernelProbe, browser_missing
+from tests.browser.conftest import browser_missing, end_session, open_and_run_all, poll
 
 _reason = browser_missing()
 if _reason:
@@ -28,24 +27,6 @@ WORKBENCH = REPO / "notebooks" / "02_data_workbench.ipynb"
 WAIT_MS = 240_000
 BIG_ROWS = 100_000
 TIMINGS: dict[str, float] = {}
-
-
-def _open(lab, page, name: str) -> KernelProbe:
-    page.goto(lab.url(name))
-    page.wait_for_selector(".jp-Notebook", timeout=WAIT_MS)
-    expect(page.locator("span.jp-StatusBar-TextItem[title^='Change kernel']")).to_have_text(
-        re.compile(r"^Python 3.*\| Idle$"), timeout=WAIT_MS)
-    probe = KernelProbe(lab.runtime_dir / f"kernel-{lab.kernel_for(name)}.json")
-    page.click(".lm-MenuBar-item:has-text('Run')")
-    page.click("li.lm-Menu-item[data-command='runmenu:run-all']")
-    return probe
-
-
-def _close(lab, probe, name: str) -> None:
-    probe.close()
-    for s in lab.api("/api/sessions") or []:
-        if s.get("path", "").endswith(name):
-            lab.api(f"/api/sessions/{s['id']}", method="DELETE")
 
 
 def _rows_shown(page) -> list[int]:
@@ -72,13 +53,13 @@ def workbench(lab, page, artifacts):
     store_dir = lab.root / f"labels_{name}"
     params["source"] = f'DATASET = "sms-spam"\nMODEL = "minilm"\nMAX_LENGTH = 64\nLABEL_DIR = "{store_dir}"\n'
     (lab.root / name).write_text(json.dumps(nb))
-    probe = _open(lab, page, name)
+    probe = open_and_run_all(lab, page, name, WAIT_MS)
     try:
         expect(page.locator(".nbtune-data-rows table")).to_be_visible(timeout=WAIT_MS)
         expect(page.locator(".nbtune-annotate-keys .nbtune-keys-area")).to_be_visible(timeout=WAIT_MS)
         yield page, probe, store_dir
     finally:
-        _close(lab, probe, name)
+        end_session(lab, probe, name)
 
 
 def test_filtering_the_sample_browser_shows_the_kernels_rows(workbench, artifacts):
@@ -89,11 +70,13 @@ def test_filtering_the_sample_browser_shows_the_kernels_rows(workbench, artifact
     search.fill("free")
     TIMINGS["search_4.5k"] = _timed_change(page, lambda: search.press("Enter"), first)
     page.locator(".nbtune-data-label select").select_option("spam")
-    want, _ = probe.value("[int(i) for i in data_panel.indices[:25]]"), None
-    expect(page.locator(".nbtune-data-count")).to_contain_text(
-        f"of {probe.value('len(data_panel.indices)'):,} matching", timeout=30_000)
-    shown = _rows_shown(page)
+    # the kernel applies the label filter when the widget's change arrives: wait for it, then for the page
+    poll(lambda: probe.value("(data_panel.query.text, data_panel.query.label)"), lambda v: v == ("free", "spam"),
+         timeout_s=60)
+    want = probe.value("[int(i) for i in data_panel.indices[:25]]")
     n = probe.value("len(data_panel.indices)")
+    shown, _ = poll(lambda: _rows_shown(page), lambda v: v == want, timeout_s=60)
+    expect(page.locator(".nbtune-data-count")).to_contain_text(f"of {n:,} matching", timeout=30_000)
     print(f"[data] search 'free' + label spam: {n} rows; page shows {shown[:5]}..., kernel {want[:5]}...")
     assert shown == want and 0 < n < 4522
     assert probe.value("all(data_panel.report.label_names[data_panel.report.labels[i]] == 'spam' and "
@@ -135,12 +118,12 @@ def hostile(lab, page, artifacts):
           "nbformat": 4, "nbformat_minor": 5,
           "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}}
     (lab.root / name).write_text(json.dumps(nb))
-    probe = _open(lab, page, name)
+    probe = open_and_run_all(lab, page, name, WAIT_MS)
     try:
         expect(page.locator(".nbtune-data-rows table")).to_be_visible(timeout=WAIT_MS)
         yield page, probe
     finally:
-        _close(lab, probe, name)
+        end_session(lab, probe, name)
 
 
 def test_hostile_rows_and_labels_render_as_text(hostile, artifacts):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import KernelProbe, browser_missing
+from tests.browser.conftest import browser_missing, end_session, open_and_run_all, poll
 
 _reason = browser_missing()
 if _reason:
@@ -59,17 +59,6 @@ def _write_notebook(path: Path) -> None:
     path.write_text(json.dumps(nb, indent=1))
 
 
-def _poll(fn, cond, timeout_s: float, interval_s: float = 0.5):
-    t0 = time.monotonic()
-    while True:
-        value = fn()
-        if cond(value):
-            return value, time.monotonic() - t0
-        if time.monotonic() - t0 > timeout_s:
-            raise AssertionError(f"condition not met within {timeout_s}s; last value {str(value)[:500]}")
-        time.sleep(interval_s)
-
-
 def _differences(page: dict, kernel: dict) -> dict:
     """Per trace: point counts on both sides and the first index where they differ (empty when equal)."""
     out = {}
@@ -100,21 +89,15 @@ def flooded(lab, page, artifacts):
     flush are done; yield (page, probe, name)."""
     name = f"flood_{int(time.time() * 1000)}.ipynb"
     _write_notebook(lab.root / name)
-    page.goto(lab.url(name))
-    page.wait_for_selector(".jp-Notebook", timeout=WAIT_MS)
-    expect(page.locator("span.jp-StatusBar-TextItem[title^='Change kernel']")).to_have_text(
-        re.compile(r"^Python 3.*\| Idle$"), timeout=WAIT_MS)
-    probe = KernelProbe(lab.runtime_dir / f"kernel-{lab.kernel_for(name)}.json")
+    probe = open_and_run_all(lab, page, name, WAIT_MS)
     try:
-        page.click(".lm-MenuBar-item:has-text('Run')")
-        page.click("li.lm-Menu-item[data-command='runmenu:run-all']")
         expect(page.locator(".nbtune-train-panel")).to_be_visible(timeout=WAIT_MS)
-        _poll(lambda: probe.value("'flood' in globals() and flood.written > 0"), lambda v: v is True, WAIT_MS / 1000)
-        _poll(lambda: probe.value("flood.thread.is_alive() or panel.pump._thread.is_alive()"),
+        poll(lambda: probe.value("'flood' in globals() and flood.written > 0"), lambda v: v is True, WAIT_MS / 1000)
+        poll(lambda: probe.value("flood.thread.is_alive() or panel.pump._thread.is_alive()"),
               lambda v: v is False, timeout_s=SECONDS * 8)
         yield page, probe, name
     finally:
-        probe.close()
+        end_session(lab, probe, name)
 
 
 def test_flood_renders_at_most_10_times_a_second(flooded, artifacts):
@@ -134,7 +117,7 @@ def test_page_ends_in_exactly_the_kernel_state(flooded, artifacts):
     page, probe, _ = flooded
     kernel = json.loads(probe.value(KERNEL_EXPR))
     assert set(kernel) == set(TRACES)
-    diff, waited = _poll(lambda: _differences(page.evaluate(PAGE_JS), kernel), lambda v: not v, timeout_s=60)
+    diff, waited = poll(lambda: _differences(page.evaluate(PAGE_JS), kernel), lambda v: not v, timeout_s=60)
     raw = kernel["train loss"]["x"]
     print(f"[flood] page == kernel for {len(TRACES)} traces after {waited:.1f}s; train loss shows {len(raw)} "
           f"points (decimated from {RATE * SECONDS}), last step {raw[-1]:.0f}")
@@ -156,7 +139,7 @@ def test_snapshot_is_left_when_the_run_ends_and_survives_reopening_without_kerne
         nb = json.loads((lab.root / name).read_text())
         return [o for o in nb["cells"][0]["outputs"] if "image/png" in o.get("data", {})]
 
-    outputs, _ = _poll(saved_png, lambda v: len(v) == 1, timeout_s=60)
+    outputs, _ = poll(saved_png, lambda v: len(v) == 1, timeout_s=60)
     assert "step 50000 of 50000" in "".join(outputs[0]["data"]["text/plain"])
     # reopen the saved file (a copy, so the first session stays apart) and switch it to "No Kernel", as a user
     # would: JupyterLab starts the default kernel on open, the status-bar kernel picker offers "No Kernel"

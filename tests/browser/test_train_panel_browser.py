@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import KernelProbe, browser_missing
+from tests.browser.conftest import browser_missing, end_session, open_and_run_all, poll
 
 _reason = browser_missing()
 if _reason:
@@ -89,16 +89,7 @@ def _write_notebook(dst: Path) -> None:
     dst.write_text(json.dumps(nb, indent=1))
 
 
-def _poll(fn, cond, timeout_s: float, interval_s: float = 0.25):
-    """Call fn() until cond(value) holds; return (value, seconds waited). Raises with the last value."""
-    t0 = time.monotonic()
-    while True:
-        value = fn()
-        if cond(value):
-            return value, time.monotonic() - t0
-        if time.monotonic() - t0 > timeout_s:
-            raise AssertionError(f"condition not met within {timeout_s}s; last value {value!r}")
-        time.sleep(interval_s)
+CONSOLE_START = {"n": 0}
 
 
 @pytest.fixture(scope="module")
@@ -106,24 +97,15 @@ def nb(lab, page, artifacts):
     """Open the notebook, Run All, wait for the panel and the first loss points; yield (page, probe)."""
     name = f"quickstart_browser_{int(time.time() * 1000)}.ipynb"  # unique => fresh kernel session
     _write_notebook(lab.root / name)
+    CONSOLE_START["n"] = len(page.console_lines)  # the page is shared: judge only what this notebook logs
     t0 = time.monotonic()
-    page.goto(lab.url(name))
-    page.wait_for_selector(".jp-Notebook", timeout=WAIT_MS)
-    # The execution indicator reads "idle" before any kernel exists; the status-bar text does not.
-    expect(page.locator("span.jp-StatusBar-TextItem[title^='Change kernel']")).to_have_text(
-        re.compile(r"^Python 3.*\| Idle$"), timeout=WAIT_MS)
-    print(f"[browser] notebook open, kernel idle in {time.monotonic() - t0:.1f}s")
-    probe = KernelProbe(lab.runtime_dir / f"kernel-{lab.kernel_for(name)}.json")
+    probe = open_and_run_all(lab, page, name, WAIT_MS)
+    print(f"[browser] notebook open, kernel idle, Run All clicked in {time.monotonic() - t0:.1f}s")
+    t1 = time.monotonic()
     try:
-        page.click(".lm-MenuBar-item:has-text('Run')")
-        page.click("li.lm-Menu-item[data-command='runmenu:run-all']")
-        t1 = time.monotonic()
-        accept = page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept")
-        if accept.count():  # "Select Kernel", should the session race the click
-            accept.click()
         expect(_button(page, "Pause")).to_be_visible(timeout=WAIT_MS)
         expect(page.locator(".js-plotly-plot .main-svg").first).to_be_visible(timeout=WAIT_MS)
-        _poll(lambda: _loss(page), lambda v: v is not None and v["n"] >= 1, timeout_s=WAIT_MS / 1000, interval_s=1)
+        poll(lambda: _loss(page), lambda v: v is not None and v["n"] >= 1, timeout_s=WAIT_MS / 1000, interval_s=1)
         print(f"[browser] Run All -> panel and first loss point in {time.monotonic() - t1:.1f}s")
         assert page.get_by_text("Error displaying widget").count() == 0
         _shot(page, artifacts / "01_running.png")
@@ -131,13 +113,7 @@ def nb(lab, page, artifacts):
     finally:
         if _safe(probe, "run.is_running"):  # an earlier step failed: don't leave the thread training
             _safe(probe, "run.control.stop()")
-        probe.close()
-        try:
-            for s in lab.api("/api/sessions") or []:
-                if s.get("path", "").endswith(name):
-                    lab.api(f"/api/sessions/{s['id']}", method="DELETE")
-        except Exception as exc:  # noqa: BLE001
-            print(f"[browser] could not delete the session: {exc}")
+        end_session(lab, probe, name)
 
 
 def _safe(probe, expr):
@@ -150,7 +126,7 @@ def _safe(probe, expr):
 def test_loss_points_appear_and_grow(nb):
     page, probe = nb
     first = _loss(page)
-    grown, waited = _poll(lambda: _loss(page), lambda v: v["n"] > first["n"], timeout_s=120, interval_s=1)
+    grown, waited = poll(lambda: _loss(page), lambda v: v["n"] > first["n"], timeout_s=120, interval_s=1)
     print(f"[check 1] raw loss points {first['n']} -> {grown['n']} in {waited:.1f}s; traces {grown['names']}")
     assert probe.value("run.is_running") is True
 
@@ -159,7 +135,7 @@ def test_pause_freezes_the_step_and_resume_continues(nb, artifacts):
     page, probe = nb
     _button(page, "Pause").click()
     expect(_button(page, "Resume")).to_be_visible(timeout=30_000)
-    _, waited = _poll(lambda: probe.value("run.control.paused"), lambda v: v is True, timeout_s=60)
+    _, waited = poll(lambda: probe.value("run.control.paused"), lambda v: v is True, timeout_s=60)
     time.sleep(0.5)  # a step already past its boundary may still finish
     s1 = probe.value("run.state.step")
     time.sleep(1.5)
@@ -169,7 +145,7 @@ def test_pause_freezes_the_step_and_resume_continues(nb, artifacts):
     assert s1 == s2, (s1, s2)
     _button(page, "Resume").click()
     expect(_button(page, "Pause")).to_be_visible(timeout=30_000)
-    s3, waited = _poll(lambda: probe.value("run.state.step"), lambda v: v > s2, timeout_s=120)
+    s3, waited = poll(lambda: probe.value("run.state.step"), lambda v: v > s2, timeout_s=120)
     print(f"[check 2] resumed: step {s2} -> {s3} within {waited:.1f}s")
 
 
@@ -184,17 +160,17 @@ def test_lr_typed_in_the_readout_reaches_the_optimizer(nb, artifacts):
     page.keyboard.press("Control+A")
     page.keyboard.type(f"{NEW_LR}")
     page.keyboard.press("Enter")
-    edits, waited = _poll(lambda: probe.value("[dict(e) for e in run.control.edits]"),
+    edits, waited = poll(lambda: probe.value("[dict(e) for e in run.control.edits]"),
                           lambda v: len(v) > n_edits and v[-1]["name"] == "lr", timeout_s=120)
     edit = edits[-1]
     step_at_edit = edit["step"]
     # a few steps later the optimizer runs with the new LR (the schedule continues from it)
-    _poll(lambda: probe.value("run.state.step"), lambda v: v >= step_at_edit + 3, timeout_s=120)
+    poll(lambda: probe.value("run.state.step"), lambda v: v >= step_at_edit + 3, timeout_s=120)
     lr = probe.value("run.optimizer.param_groups[0]['lr']")
     # the LR the loop logged for the first step after the edit: an edit at step N (N steps done) applies
     # to step N+1 (step records: {group: lr} per step)
     # (records reach the panel in batches of sync_every_n_steps, so wait for that one)
-    used, _ = _poll(lambda: probe.value(
+    used, _ = poll(lambda: probe.value(
         f"next((panel.history.lr[run.optimizer.param_groups[0]['name']][i] "
         f"for i, s in enumerate(panel.history.steps) if s > {step_at_edit}), None)"),
         lambda v: v is not None, timeout_s=120, interval_s=0.5)
@@ -207,7 +183,7 @@ def test_lr_typed_in_the_readout_reaches_the_optimizer(nb, artifacts):
     # the schedule (warmup or decay) continues from the new value: a few steps move it only a little
     assert NEW_LR / 1.5 <= lr <= NEW_LR * 1.5, lr
     # the edit is drawn on the loss chart: an "edits" marker and a vertical line at its step
-    loss, _ = _poll(lambda: _loss(page), lambda v: step_at_edit in v["edits_x"], timeout_s=60, interval_s=0.5)
+    loss, _ = poll(lambda: _loss(page), lambda v: step_at_edit in v["edits_x"], timeout_s=60, interval_s=0.5)
     print(f"[check 3] loss chart edits trace x={loss['edits_x']}, shapes at {loss['shapes']}")
     assert any(abs(float(x) - step_at_edit) < 1e-9 for x in loss["shapes"] if x is not None), loss["shapes"]
     _shot(page, artifacts / "03_lr_edit.png")
@@ -241,11 +217,11 @@ def test_stop_ends_the_thread_and_checkpoints(nb, artifacts):
             received = time.monotonic() - t_click
         return is_running
 
-    _poll(running, lambda v: v is False, timeout_s=120, interval_s=0.05)
+    poll(running, lambda v: v is False, timeout_s=120, interval_s=0.05)
     elapsed = time.monotonic() - t_click
     ckpt = probe.value("str(__import__('nbtune.engine.checkpoint', fromlist=['latest']).latest(run.run_dir))")
     status = probe.value("run.state.status")
-    _poll(lambda: probe.value("panel.history.end is not None"), lambda v: v is True, timeout_s=30)
+    poll(lambda: probe.value("panel.history.end is not None"), lambda v: v is True, timeout_s=30)
     end_at = probe.value("panel.history.end['time']") - t_click_wall
     ckpt_at = [round(t - t_click_wall, 2) for t in probe.value("[c.get('time') for c in panel.history.checkpoints]")]
     STOP_TIMING.update(elapsed=elapsed, roundtrip=roundtrip, step_s=step_s)
@@ -267,7 +243,7 @@ def test_stop_latency_within_2s(nb):
 def test_page_shows_every_step_record_the_kernel_holds(nb, artifacts):
     page, probe = nb
     kernel_n = probe.value("len(panel.history.steps)")
-    shown, waited = _poll(lambda: _loss(page), lambda v: v["n"] == kernel_n, timeout_s=60, interval_s=0.5)
+    shown, waited = poll(lambda: _loss(page), lambda v: v["n"] == kernel_n, timeout_s=60, interval_s=0.5)
     last_step = probe.value("run.state.step")
     print(f"[check 5] page {shown['n']} raw loss points == kernel {kernel_n} step records "
           f"(waited {waited:.1f}s; last step {last_step})")
@@ -277,7 +253,8 @@ def test_page_shows_every_step_record_the_kernel_holds(nb, artifacts):
 
 def test_no_javascript_errors(nb):
     page, _ = nb
-    errors = [(t, text, url) for t, text, url in page.console_lines if t in ("error", "pageerror")]
+    errors = [(t, text, url) for t, text, url in page.console_lines[CONSOLE_START["n"]:]
+              if t in ("error", "pageerror")]
     benign = [e for e in errors if any(p.search(e[1]) or p.search(e[2]) for p in BENIGN_CONSOLE)]
     real = [e for e in errors if e not in benign]
     print(f"[check 6] console errors: {len(real)} real, {len(benign)} ignored as benign: {benign}")
