@@ -167,9 +167,10 @@ def lab(tmp_path_factory, artifacts):
         log.close()
 
 
-@pytest.fixture(scope="session")
-def page(artifacts):
-    """A headless chromium page (fresh profile) that records console errors and page errors."""
+@pytest.fixture(scope="module")
+def page(artifacts, request):
+    """A headless chromium page (fresh profile, one per test module, so each module's console is its own) that
+    records console errors and page errors. The JupyterLab server is shared by all modules."""
     reason = browser_missing()
     if reason:
         pytest.skip(reason)
@@ -188,7 +189,7 @@ def page(artifacts):
         try:
             yield pg
         finally:
-            (artifacts / "console.log").write_text(
+            (artifacts / f"console-{request.module.__name__.rsplit('.', 1)[-1]}.log").write_text(
                 "\n".join(f"{t}: {text} [{url}]" for t, text, url in pg.console_lines))
             ctx.close()
     shutil.rmtree(profile, ignore_errors=True)
