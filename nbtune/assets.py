@@ -137,11 +137,15 @@ def _resolve_minilm() -> ResolvedModel:
 
 
 def _resolve_tiny(name: str) -> ResolvedModel:
-    from transformers import BertConfig, DeepseekV3Config
+    from transformers import BertConfig, DeepseekV3Config, LlamaConfig
 
     if name == "tiny-bert":
         config = BertConfig(vocab_size=_MINILM_VOCAB_SIZE, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                             intermediate_size=64, max_position_embeddings=128, pad_token_id=_PAD_ID)
+    elif name == "tiny-llama":  # Llama in miniature: RMSNorm, rotary, grouped-query attention, SwiGLU
+        config = LlamaConfig(vocab_size=_MINILM_VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                             pad_token_id=_PAD_ID, bos_token_id=_CLS_ID, eos_token_id=_SEP_ID)
     else:  # DeepSeek-V3 in miniature: MLA attention (q/kv LoRA ranks), a dense first layer, then 4-expert MoE
         config = DeepseekV3Config(
             vocab_size=_MINILM_VOCAB_SIZE, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
@@ -213,6 +217,8 @@ MODELS: dict[str, ModelAsset] = {m.name: m for m in (
     ModelAsset("smollm2", "SmolLM2-135M-Instruct, converted once from GGUF", (_SMOLLM2, _GGUF), _resolve_smollm2),
     ModelAsset("tiny-bert", "random-init 2-layer BERT, MiniLM tokenizer (tests)", (_MINILM,),
                lambda: _resolve_tiny("tiny-bert")),
+    ModelAsset("tiny-llama", "random-init 2-layer Llama (GQA, RMSNorm, SwiGLU), MiniLM tokenizer (tests)", (_MINILM,),
+               lambda: _resolve_tiny("tiny-llama")),
     ModelAsset("tiny-deepseek-v3", "random-init 3-layer DeepSeek-V3 (MLA + MoE), MiniLM tokenizer (tests)", (_MINILM,),
                lambda: _resolve_tiny("tiny-deepseek-v3")),
 )}

@@ -51,8 +51,8 @@ def _help(text: str, **kw: Any) -> Any:
 
 @dataclass
 class ModelConfig:
-    name: str = _help("Bundled model ('minilm', 'smollm2', 'tiny-bert', 'tiny-deepseek-v3'), a local path or a "
-                      "Hugging Face hub id.", default="minilm")
+    name: str = _help("Bundled model ('minilm', 'smollm2', 'tiny-bert', 'tiny-llama', 'tiny-deepseek-v3'), "
+                      "a local path or a Hugging Face hub id.", default="minilm")
     tokenizer: str | None = _help("Tokenizer to use instead of the model's own (name, path or hub id).", default=None)
     revision: str | None = _help("Hub revision (branch, tag or commit) when `name` is a hub id.", default=None)
     trust_remote_code: bool = _help("Run Python code shipped with a hub model. Off by default: it executes "

@@ -198,7 +198,7 @@ def test_minilm_is_a_plain_hf_directory():
     assert (Path(model.path) / "config.json").is_file() and model.tokenizer_path == model.path
 
 
-@pytest.mark.parametrize("name", ["tiny-bert", "tiny-deepseek-v3"])
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-llama", "tiny-deepseek-v3"])
 def test_tiny_presets_build_a_random_model_that_runs(name):
     import torch
     from transformers import AutoModel, AutoTokenizer

@@ -15,7 +15,8 @@ from tests.test_resume import _final, _max_diff, _phase
 
 MODELS = {
     "bert-like": ["task=classification", "model.name=tiny-bert", "data.dataset=trec"],
-    "deepseek-v3-like": ["task=causal-lm", "model.name=tiny-deepseek-v3"],   # + a plain-text JSONL, below
+    "llama-like": ["task=causal-lm", "model.name=tiny-llama"],                 # + a plain-text JSONL, below
+    "deepseek-v3-like": ["task=causal-lm", "model.name=tiny-deepseek-v3"],
 }
 LAYER_LR = {"name": "layer_lr", "lr": {"embeddings": 1e-5, "attention": 2e-4}, "layer_decay": 0.5}
 
@@ -29,7 +30,7 @@ MATRIX = [
 
 def _cfg(tmp_path, model: str, *extra: str, methods=()) -> RunConfig:
     data = []
-    if model == "deepseek-v3-like":
+    if model in ("llama-like", "deepseek-v3-like"):
         lm = tmp_path / "lm.jsonl"
         lm.write_text("".join(json.dumps({"text": f"the kitchen light {i} is on and the door {i % 7} is shut"}) + "\n"
                               for i in range(40)))
