@@ -59,6 +59,9 @@ class ModelConfig:
                                     "code from the model's repository.", default=False)
     init: str = _help("'pretrained' loads weights; 'random' builds the architecture with fresh weights.",
                       default="pretrained")
+    config_overrides: dict = _help("Model config values to change before loading, e.g. {num_hidden_layers: 2} "
+                                   "for a smaller distillation student (pretrained weights of the kept layers "
+                                   "load; the rest are dropped).", default_factory=dict)
 
 
 @dataclass
@@ -164,6 +167,9 @@ class RunConfig:
             _choice("train.class_weights", t.class_weights, CLASS_WEIGHTS)
             if self.task != "classification":
                 raise ConfigError(f"train.class_weights applies to task 'classification', not {self.task!r}")
+        if not isinstance(self.model.config_overrides, dict):
+            raise ConfigError(f"model.config_overrides expects a mapping like {{num_hidden_layers: 2}}, "
+                              f"got {self.model.config_overrides!r}")
         if not isinstance(self.methods, list):
             raise ConfigError(f"methods expects a list like [{{name: layer_lr, ...}}], got {self.methods!r}")
         from nbtune.methods import MethodError, build_methods

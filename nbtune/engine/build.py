@@ -231,10 +231,30 @@ def _quiet_load():
 def build_model(cfg: RunConfig, resolved, label_names: list[str], tokenizer) -> torch.nn.Module:
     with _explained_load_errors(cfg.model.name, "model"), _quiet_load():
         model = tasks.load_model(cfg.task, resolved.path, resolved.config, label_names, cfg.model.init,
-                                 cfg.model.trust_remote_code, cfg.model.revision)
+                                 cfg.model.trust_remote_code, cfg.model.revision,
+                                 cfg.model.config_overrides)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def prepare_methods(methods: list, model: torch.nn.Module, cfg: RunConfig, device) -> tuple[torch.nn.Module, list | None]:
+    """Each method's ``prepare`` in config order. A method may return parameter groups (only one may), or a
+    replacement model (a wrapper such as a new task head), which the next method then sees."""
+    from nbtune.methods.base import MethodError
+    groups = None
+    for method in methods:
+        out = method.prepare(model, cfg)
+        if isinstance(out, torch.nn.Module):
+            model = out.to(device)
+        elif out is not None:
+            if groups is not None:
+                raise MethodError(f"two methods define parameter groups; '{method.name}' is the second. "
+                                  f"Give the learning rates to one of them (layer_lr).")
+            groups = out
+    if not any(p.requires_grad for p in model.parameters()):
+        raise MethodError("the methods left no trainable parameter: " + ", ".join(m.name for m in methods))
+    return model, groups
 
 
 def param_groups(model: torch.nn.Module, cfg: RunConfig, method_groups: list | None = None) -> list[dict]:

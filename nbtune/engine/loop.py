@@ -53,6 +53,7 @@ def train(run) -> str:
     pending = _Pending()
     # Kept on the run so a mid-window checkpoint can save it; read to the host only then.
     run.window_loss = window_loss = torch.tensor(st.window_loss, device=run.device)
+    window_figures: dict[str, torch.Tensor] = {}
     run.model.train()
     _method_steps(run)  # the trainable set for this step (a resumed run starts where the first one was)
     while st.step < run.total_steps:
@@ -76,12 +77,16 @@ def train(run) -> str:
             sync = contextlib.nullcontext() if last_micro else run.accelerator.no_sync(run.model)
             with sync:
                 with autocast(run):
-                    loss = compute_loss(run, batch) / window_len
+                    loss, figures = training_loss(run, batch, rows)
+                    loss = loss / window_len
                 if run.scaler is not None:
                     run.scaler.scale(loss).backward()
                 else:
                     loss.backward()
             window_loss += loss.detach()
+            for name, value in figures.items():  # method figures: the window's mean, still on the device
+                value = torch.as_tensor(value, device=run.device).detach().float() / window_len
+                window_figures[name] = window_figures[name] + value if name in window_figures else value
             st.batch_index += 1
             st.micro_step += 1
             if not last_micro:
@@ -92,8 +97,9 @@ def train(run) -> str:
             _method_steps(run)
             st.micro_step = 0
             record.update(kind="step", step=st.step, epoch=st.epoch + st.batch_index / len(batches),
-                          loss=window_loss.clone())
+                          loss=window_loss.clone(), methods=window_figures)
             window_loss.zero_()
+            window_figures = {}
             pending.records.append(record)
             if st.step % cfg.train.sync_every_n_steps == 0 or st.step == run.total_steps:
                 _flush(run, pending)
@@ -117,13 +123,43 @@ def _method_steps(run) -> None:
             run.emit(record)
 
 
-def compute_loss(run, batch: dict) -> torch.Tensor:
+def training_loss(run, batch: dict, rows: list[int]) -> tuple[torch.Tensor, dict]:
+    """The task loss plus every method's loss terms. Returns the total and the figures to log per step
+    (each term, and whatever a method logged through its context)."""
+    methods = getattr(run, "methods", ())
+    if not methods:
+        return compute_loss(run, batch), {}
+    from nbtune.methods.base import LossContext
+    outputs = {}
+    loss = compute_loss(run, batch, outputs)
+    ctx = LossContext(model=run.model, raw_model=run.raw_model, task=run.cfg.task, step=run.state.step, loss=loss,
+                      rows=list(rows), label_names=run.data.label_names)
+    terms = {}
+    for method in methods:
+        for name, term in method.loss_terms(batch, outputs["out"], ctx).items():
+            terms[name] = terms[name] + term if name in terms else term
+    total = loss * ctx.task_weight if ctx.task_weight != 1.0 else loss
+    for term in terms.values():
+        total = total + term
+    figures = {**{f"loss/{k}": v for k, v in terms.items()}, **ctx.metrics}
+    if terms:
+        figures["loss/task"] = loss
+    return total, figures
+
+
+def compute_loss(run, batch: dict, keep: dict | None = None) -> torch.Tensor:
     """The model's own loss, or a class-weighted cross-entropy when the run has class weights."""
     weights = getattr(run, "class_weights", None)
     if weights is None:
-        return run.model(**batch).loss
+        out = run.model(**batch)
+        if keep is not None:
+            keep["out"] = out
+        return out.loss
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = run.model(**inputs).logits
+    out = run.model(**inputs)
+    if keep is not None:
+        keep["out"] = out
+    logits = out.logits
     return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=weights)
 
 
@@ -162,12 +198,18 @@ def _flush(run, pending: _Pending) -> None:
     elapsed = max(time.perf_counter() - pending.since, 1e-9)
     tensors = [r[k] for r in pending.records for k in ("loss", "grad_norm", "clipped")]
     tensors += [v for r in pending.records for v in r["grad_norm_groups"].values()]
+    tensors += [v.reshape(()) for r in pending.records for v in r.get("methods", {}).values()]
     values = iter(torch.stack([t.float() for t in tensors]).tolist())
     host = []
     for r in pending.records:
         host.append({**r, "loss": next(values), "grad_norm": next(values), "clipped": bool(next(values))})
     for h in host:
         h["grad_norm_groups"] = {g: next(values) for g in h["grad_norm_groups"]}
+    for h in host:
+        if h.get("methods"):
+            h["methods"] = {g: next(values) for g in h["methods"]}
+        else:
+            h.pop("methods", None)
     every = run.cfg.train.log_every_n_steps
     for h in host:
         # Throughput is averaged over the flush window: per-step wall time is meaningless without a sync.
@@ -209,6 +251,9 @@ def evaluate(run, split: str) -> dict:
         with autocast(run):
             out = run.model(**batch)
         labels = batch["labels"]
+        logits = out.logits
+        if getattr(out, "predictions", None) is not None:  # a decoding head (CRF): its best path is the answer
+            logits = torch.nn.functional.one_hot(out.predictions.clamp(min=0), logits.shape[-1]).float()
         if run.cfg.task == "causal-lm":
             n = int((labels[:, 1:] != tasks.IGNORE).sum())  # the model shifts labels by one
         elif run.cfg.task == "token-classification":
@@ -217,7 +262,7 @@ def evaluate(run, split: str) -> dict:
             n = labels.shape[0]
         loss_sum += float(out.loss) * n
         count += n
-        parts.append(tasks.score(run.cfg.task, out.logits.float(), labels.cpu(), run.data.label_names))
+        parts.append(tasks.score(run.cfg.task, logits.float(), labels.cpu(), run.data.label_names))
     run.model.train()
     if world > 1:
         from accelerate.utils import gather_object

@@ -25,6 +25,7 @@ from nbtune.engine.batching import epoch_batches, pad_batch
 from nbtune.engine.control import Control
 from nbtune.engine.sinks import ConsoleSink, JsonlSink, MetricSink, TensorBoardSink
 from nbtune.engine.state_io import load_run_state, save_run_state
+from nbtune.methods.base import PlanState
 
 
 class Run:
@@ -47,18 +48,13 @@ class Run:
         self.dataset_fingerprint = self.data.fingerprint_source
         self._lengths = [len(r["input_ids"]) for r in self.data.rows["train"]]
 
-        self.raw_model = build.build_model(config, resolved, self.data.label_names, self.tokenizer)
-        self.raw_model.to(self.device)
-        self.steps_per_epoch, self.total_steps = build.total_steps_for(config, len(self.epoch_plan(0)))
         from nbtune.methods import build_methods
         self.methods = build_methods(config.methods)
-        method_groups = None
-        for method in self.methods:
-            groups = method.prepare(self.raw_model, config)
-            if groups is not None:
-                if method_groups is not None:
-                    raise ValueError(f"two methods define parameter groups; {method.name} is the second")
-                method_groups = groups
+        self.steps_per_epoch = None
+        self.raw_model = build.build_model(config, resolved, self.data.label_names, self.tokenizer)
+        self.raw_model.to(self.device)
+        self.raw_model, method_groups = build.prepare_methods(self.methods, self.raw_model, config, self.device)
+        self.steps_per_epoch, self.total_steps = build.total_steps_for(config, len(self.epoch_plan(0)))
         self.optimizer = build.build_optimizer(build.param_groups(self.raw_model, config, method_groups), config,
                                                self.device)
         self.scheduler = build.build_scheduler(self.optimizer, config, self.total_steps)
@@ -85,9 +81,20 @@ class Run:
 
     # ---- data ----
     def epoch_plan(self, epoch: int) -> list[list[int]]:
-        return epoch_batches(self._lengths, self.cfg.train.batch_size, self.cfg.train.seed, epoch,
-                             self.cfg.data.group_by_length, self.accelerator.process_index,
-                             self.accelerator.num_processes)
+        """This rank's micro-batches for one epoch: the engine's seeded plan, or a method's sampler (curriculum,
+        domain mixing). Either is a pure function of the epoch, so a resumed run sees the same batches."""
+        acc, t = self.accelerator, self.cfg.train
+
+        def default() -> list[list[int]]:
+            return epoch_batches(self._lengths, t.batch_size, t.seed, epoch, self.cfg.data.group_by_length,
+                                 acc.process_index, acc.num_processes)
+        plan = PlanState(epoch, t.batch_size, t.seed, acc.process_index, acc.num_processes, self.steps_per_epoch,
+                         default)
+        for method in getattr(self, "methods", ()):
+            batches = method.sampler(self.data, plan)
+            if batches is not None:
+                return batches
+        return default()
 
     def collate(self, indices: list[int], rows: list[dict]) -> dict[str, torch.Tensor]:
         d = self.cfg.data

@@ -43,7 +43,8 @@ def save_run_state(run) -> Path:
             "max_grad_norm": run.max_grad_norm, "edits": run.control.edits, "total_steps": run.total_steps,
             "world_size": acc.num_processes, "precision": run.precision.name,
             "config": run.cfg.to_dict(), "config_fingerprint": run.cfg.fingerprint(),
-            "dataset_fingerprint": run.dataset_fingerprint, "label_names": run.data.label_names})
+            "dataset_fingerprint": run.dataset_fingerprint, "label_names": run.data.label_names,
+            "methods": [m.state_dict() for m in getattr(run, "methods", ())]})
     _barrier(run)
     if acc.is_main_process:
         ckpt.finalize(staging, final)
@@ -86,6 +87,8 @@ def load_run_state(run, path: Path) -> None:
             if name in grads:
                 p.grad = grads[name].to(p.dtype)
     run.max_grad_norm = saved["max_grad_norm"]
+    for method, state in zip(getattr(run, "methods", ()), saved.get("methods", [])):
+        method.load_state_dict(state)
     run.control.edits = list(saved["edits"])
     run.control.drop_applied(run.control.edits, run.state.step)
     ckpt.set_rng_state(ckpt.load_torch(path / f"rng-rank{rank}.pt"))

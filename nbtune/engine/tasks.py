@@ -6,6 +6,7 @@ or plain text language modelling).
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 from dataclasses import dataclass, field
@@ -137,8 +138,9 @@ def _sft_row(tokenizer, messages: list[dict], max_length: int) -> dict:
 
 
 def load_model(task: str, path: str, config: Any, label_names: list[str], init: str, trust_remote_code: bool,
-               revision: str | None = None) -> torch.nn.Module:
-    """The model with the head the task needs. `config` is set for random-init presets."""
+               revision: str | None = None, overrides: dict | None = None) -> torch.nn.Module:
+    """The model with the head the task needs. `config` is set for random-init presets; `overrides` change
+    config values (e.g. fewer layers) before the weights load."""
     from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
                               AutoModelForTokenClassification)
     auto = {"classification": AutoModelForSequenceClassification, "token-classification":
@@ -150,10 +152,12 @@ def load_model(task: str, path: str, config: Any, label_names: list[str], init: 
     if config is not None or init == "random":
         if config is None:
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
-        for k, v in head.items():
+        config = copy.deepcopy(config)
+        for k, v in {**head, **(overrides or {})}.items():
             setattr(config, k, v)
         return auto.from_config(config, trust_remote_code=trust_remote_code)
-    return auto.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision, **head)
+    return auto.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision,
+                                **head, **(overrides or {}))
 
 
 def score(task: str, logits: torch.Tensor, labels: torch.Tensor, label_names: list[str]) -> dict:

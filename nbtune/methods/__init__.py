@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from nbtune.methods.base import Method, MethodError, ParamGroup
+from nbtune.methods.base import LossContext, Method, MethodError, ParamGroup, PlanState
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -42,4 +42,4 @@ def build_methods(specs: list[Any]) -> list[Method]:
 
 from nbtune.methods import layer_lr, unfreeze  # noqa: E402,F401  (they register themselves)
 
-__all__ = ["METHODS", "Method", "MethodError", "ParamGroup", "build_methods", "register"]
+__all__ = ["METHODS", "LossContext", "Method", "MethodError", "ParamGroup", "PlanState", "build_methods", "register"]
