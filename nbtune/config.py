@@ -39,6 +39,9 @@ OPERATIONAL_KEYS = frozenset({
 # What Control can change mid-run, and the actions it logs; a config's `train.edits` may schedule the former.
 SETTABLE_EDITS = ("lr", "max_grad_norm", "weight_decay")
 EDIT_ACTIONS = ("pause", "resume", "stop", "checkpoint")
+# Trainable-set edits take a target (a group such as "embeddings", "layer 3", "head"); a method's live option
+# is named "<method>.<option>" (e.g. "domain_mix.ratio"), its value checked by the method.
+TRAINABLE_EDITS = ("freeze", "unfreeze")
 
 
 class ConfigError(ValueError):
@@ -249,9 +252,19 @@ def config_diff(a: Mapping[str, Any], b: Mapping[str, Any], ignore: Iterable[str
 
 
 def check_edit_value(name: str, value: object) -> None:
-    """Raise ValueError unless `value` is usable for the live edit `name` (lr, max_grad_norm, weight_decay)."""
+    """Raise ValueError unless `value` is usable for the live edit `name` (lr, max_grad_norm, weight_decay,
+    freeze/unfreeze with a target, or a method option "<method>.<option>")."""
+    if name in TRAINABLE_EDITS:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{name} needs a target such as 'embeddings', 'layer 3' or 'head', got {value!r}")
+        return
+    if "." in name and name.split(".", 1)[0] and name.split(".", 1)[1]:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        return
     if name not in SETTABLE_EDITS:
-        raise ValueError(f"cannot set {name!r}; settable values are {', '.join(SETTABLE_EDITS)}")
+        raise ValueError(f"cannot set {name!r}; settable values are {', '.join(SETTABLE_EDITS)}, freeze/unfreeze "
+                         f"(a target) or a method option '<method>.<option>'")
     if name == "max_grad_norm" and value is None:
         return  # turns clipping off
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from nbtune.config import EDIT_ACTIONS as ACTIONS, SETTABLE_EDITS as SETTABLE, check_edit_value
+from nbtune.config import EDIT_ACTIONS as ACTIONS, SETTABLE_EDITS as SETTABLE, TRAINABLE_EDITS, check_edit_value
 
 
 @dataclass
@@ -56,9 +56,20 @@ class Control:
         self._put(Command("checkpoint", at_step=at_step))
 
     def set(self, name: str, value: float | None, at_step: int | None = None) -> None:
-        """Change a hyperparameter mid-run: 'lr', 'max_grad_norm' (None disables clipping) or 'weight_decay'."""
+        """Change a hyperparameter mid-run: 'lr', 'max_grad_norm' (None disables clipping), 'weight_decay', or
+        a method's live option such as 'domain_mix.ratio'."""
         check_edit_value(name, value)
         self._put(Command(name, None if value is None else float(value), at_step=at_step))
+
+    def freeze(self, target: str, at_step: int | None = None) -> None:
+        """Stop training a group ("embeddings", "attention", "ffn", "norm", "head", "layer 3", "all")."""
+        check_edit_value("freeze", target)
+        self._put(Command("freeze", target, at_step=at_step))
+
+    def unfreeze(self, target: str, at_step: int | None = None) -> None:
+        """Train a group again (only parameters the optimizer holds: adapters' frozen bases stay frozen)."""
+        check_edit_value("unfreeze", target)
+        self._put(Command("unfreeze", target, at_step=at_step))
 
     @property
     def paused(self) -> bool:
@@ -93,8 +104,11 @@ class Control:
     def schedule_edits(self, edits: list[dict]) -> None:
         """Queue config-scheduled edits [{step, name, value}] (a live run's log exported as a schedule)."""
         for e in edits:
-            if e.get("name") in SETTABLE:
-                self.set(e["name"], e.get("value", e.get("new")), at_step=int(e["step"]))
+            name, value = e.get("name"), e.get("value", e.get("new"))
+            if name in TRAINABLE_EDITS:
+                self._put(Command(name, value, at_step=int(e["step"])))
+            elif name in SETTABLE or "." in str(name):
+                self.set(name, value, at_step=int(e["step"]))
 
     def drop_applied(self, edits: list[dict], step: int) -> None:
         """After a resume: forget scheduled commands that the restored edit log shows were already applied."""

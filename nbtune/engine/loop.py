@@ -55,13 +55,15 @@ def train(run) -> str:
     run.window_loss = window_loss = torch.tensor(st.window_loss, device=run.device)
     window_figures: dict[str, torch.Tensor] = {}
     run.model.train()
-    _method_steps(run)  # the trainable set for this step (a resumed run starts where the first one was)
+    _method_steps(run, start=True)  # the trainable set for this step (a resumed run starts where the first one was)
     while st.step < run.total_steps:
         batches = run.epoch_plan(st.epoch)
         while st.batch_index < len(batches) and st.step < run.total_steps:
             if run.service_control():
                 _flush(run, pending)
                 return "stopped"
+            if run.replan:  # a live sampler option (domain_mix.ratio) changed the batches from here on
+                batches, run.replan = run.epoch_plan(st.epoch), False
             window_len = min(accum, len(batches) - (st.batch_index - st.micro_step))
             last_micro = st.micro_step + 1 == window_len
             rows = batches[st.batch_index]
@@ -114,13 +116,21 @@ def train(run) -> str:
     return "finished"
 
 
-def _method_steps(run) -> None:
-    """Each method's on_step hook; a record it returns (e.g. an unfreeze edit) goes to the sinks."""
+def _method_steps(run, start: bool = False) -> None:
+    """Each method's on_step hook; a record it returns (e.g. an unfreeze edit) goes to the sinks. Live
+    freeze/unfreeze edits from the log are applied on top of any schedule change (and at the start, so a
+    resumed run trains exactly the parameters the first one did)."""
+    changed = start
     for method in getattr(run, "methods", ()):
         record = method.on_step(run.state, run.optimizer)
         if record:
             run.control.edits.append(record)
             run.emit(record)
+            changed = True
+    if changed:
+        for edit in run.control.edits:
+            if edit.get("name") in ("freeze", "unfreeze") and edit.get("target"):
+                run.apply_trainable_edit(edit["name"], edit["target"])
 
 
 def training_loss(run, batch: dict, rows: list[int]) -> tuple[torch.Tensor, dict]:

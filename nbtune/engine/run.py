@@ -73,6 +73,7 @@ class Run:
         self.error: BaseException | None = None
         self.traceback: str | None = None  # the formatted traceback when the run ended in an error
         self.window_loss = torch.zeros((), device=self.device)
+        self.replan = False
         self._user_sinks = list(sinks)
         self._queued_records: list[dict[str, Any]] = []
         self._sinks: list[MetricSink] = []
@@ -185,6 +186,25 @@ class Run:
             return
         if cmd.name in ("pause", "resume"):
             record = self.control.log(step, cmd.name, None, None)
+        elif cmd.name in ("freeze", "unfreeze"):
+            before = self.trainable_count()
+            self.apply_trainable_edit(cmd.name, cmd.value)
+            record = self.control.log(step, cmd.name, before, self.trainable_count())
+            record["target"] = cmd.value
+        elif "." in cmd.name:  # a method's live option, e.g. domain_mix.ratio
+            method_name, option = cmd.name.split(".", 1)
+            method = next((m for m in self.methods if m.name == method_name), None)
+            try:
+                if method is None:
+                    raise ValueError(f"no method '{method_name}' in this run "
+                                     f"({', '.join(m.name for m in self.methods) or 'no methods'})")
+                old = method.set_option(option, cmd.value, self.state)
+            except ValueError as exc:  # a refused live edit is reported, and training goes on
+                self.emit({"kind": "warning", "step": step, "time": time.time(),
+                           "message": f"{cmd.name}={cmd.value!r} refused: {exc}"})
+                return
+            record = self.control.log(step, cmd.name, old, cmd.value)
+            self.replan = True  # a sampler option: the rest of this epoch's batches may change
         elif cmd.name == "lr":
             record = self.control.log(step, "lr", *self._set_lr(cmd.value))
         elif cmd.name == "max_grad_norm":
@@ -198,6 +218,30 @@ class Run:
             for g in groups:
                 g["weight_decay"] = cmd.value
         self.emit(record)
+
+    def trainable_count(self) -> int:
+        return sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad)
+
+    def apply_trainable_edit(self, name: str, target: str) -> None:
+        """Freeze or unfreeze a group now. Only parameters the optimizer holds can be opened again."""
+        from nbtune.methods.unfreeze import select
+        held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        for p in select(self.raw_model, target, held):
+            p.requires_grad_(name == "unfreeze")
+
+    def freeze(self, target: str) -> None:
+        """Stop training a group ("embeddings", "attention", "ffn", "norm", "head", "layer 3", "all") from the
+        next step; checked against the model now, logged as an edit when applied."""
+        self._check_target(target)
+        self.control.freeze(target)
+
+    def unfreeze(self, target: str) -> None:
+        self._check_target(target)
+        self.control.unfreeze(target)
+
+    def _check_target(self, target: str) -> None:
+        from nbtune.methods.unfreeze import select
+        select(self.raw_model, target, {id(p) for g in self.optimizer.param_groups for p in g["params"]})
 
     def _set_lr(self, new: float) -> tuple[float, float]:
         """Scale every group's current LR and the scheduler's base LRs by one factor, so group ratios hold

@@ -82,6 +82,10 @@ class Method:
     def sampler(self, data: Any, plan: PlanState) -> list[list[int]] | None:
         return None
 
+    def set_option(self, option: str, value: Any, state: Any) -> Any:
+        """A live edit "<method>.<option>" through Control; returns the old value. None are live by default."""
+        raise ValueError(f"{self.name} has no live option {option!r}")
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

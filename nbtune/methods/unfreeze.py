@@ -12,14 +12,35 @@ as a ``unfreeze`` edit (drawn on the charts).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from nbtune.methods import register
 from nbtune.methods.base import Method, MethodError
-from nbtune.methods.layer_lr import LAYER_INDEX, group_of
+from nbtune.methods.layer_lr import LAYER_INDEX, PRESETS
 
 SCHEDULES = ("progressive", "freeze_then_unfreeze")
+TARGETS = ("all", "embeddings", "attention", "ffn", "norm", "head", "layer N")
+
+
+def select(model: Any, target: str, allowed: set[int] | None = None) -> list[Any]:
+    """The parameters a live freeze/unfreeze target names: "all", a preset group ("embeddings", "attention",
+    "ffn", "norm", "head") or "layer N". `allowed` (parameter ids the optimizer holds) limits the choice."""
+    t = target.strip().lower()
+    layer = re.fullmatch(r"layer\s*(\d+)", t)
+    picked = []
+    for n, p in model.named_parameters():
+        if allowed is not None and id(p) not in allowed:
+            continue
+        m = LAYER_INDEX.search(n)
+        if t == "all" or (layer and m and int(m.group(1)) == int(layer.group(1))) or (
+                t in PRESETS and not layer and re.search(PRESETS[t], n, flags=re.IGNORECASE)):
+            picked.append(p)  # a preset matches the whole module: "embeddings" includes its LayerNorm
+    if not picked:
+        raise MethodError(f"freeze/unfreeze target {target!r} matches no trainable parameter of this model; "
+                          f"targets: {', '.join(TARGETS)}")
+    return picked
 
 
 @register
@@ -57,7 +78,7 @@ class Unfreeze(Method):
             m = LAYER_INDEX.search(n)
             if m:
                 layers.setdefault(int(m.group(1)), []).append(p)
-            elif group_of(n) == "embeddings":
+            elif re.search(PRESETS["embeddings"], n, flags=re.IGNORECASE):  # with the embeddings' own norm
                 embeddings.append(p)
             else:
                 top.append(p)

@@ -16,7 +16,10 @@ def main(spec: dict) -> None:
     run = Run.resume(spec["resume"], cfg) if spec.get("resume") else Run(cfg, run_dir=spec["run_dir"])
     for step, name, value in spec.get("edits", []):
         if step >= run.state.step:
-            run.control.set(name, value, at_step=step)
+            if name in ("freeze", "unfreeze"):
+                getattr(run.control, name)(value, at_step=step)
+            else:
+                run.control.set(name, value, at_step=step)
     if spec.get("stop_at"):
         run.control.stop(at_step=spec["stop_at"][0], at_micro_step=spec["stop_at"][1])
     run.start()
