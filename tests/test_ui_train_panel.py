@@ -124,6 +124,31 @@ def test_buttons_and_sliders_queue_control_commands(tmp_path):
     panel.close()
 
 
+def test_trainable_and_precision_controls(tmp_path):
+    run = _run(tmp_path, "train.max_steps=2", "train.precision=fp32")
+    panel = TrainPanel(run)
+    bar = panel.controls
+    assert bar.target_dropdown.options == ("all", "embeddings", "attention", "ffn", "norm", "head", "layer 0",
+                                           "layer 1")
+    bar.target_dropdown.value = "layer 1"
+    bar.freeze_button.click()
+    bar.target_dropdown.value = "embeddings"
+    bar.unfreeze_button.click()
+    assert [(c.name, c.value) for c in run.control._pending] == [("freeze", "layer 1"), ("unfreeze", "embeddings")]
+    with pytest.warns(UserWarning, match="without native bf16"):
+        bar.precision_dropdown.value = "bf16"
+    assert run.precision.name == "bf16" and run.cfg.train.precision == "bf16"
+    bar.precision_dropdown.value = "fp32"
+    bar.start_button.click()
+    run.wait()
+    assert bar.precision_dropdown.disabled and run.precision.name == "fp32"
+    freeze = [e for e in run.control.edits if e["name"] == "freeze"]
+    assert freeze and freeze[0]["target"] == "layer 1" and freeze[0]["new"] < freeze[0]["old"]
+    bar._guard(bar.precision, "bf16")                                   # too late: refused, shown as an error
+    assert "only before training starts" in str(panel.error)
+    panel.close()
+
+
 def test_advice_actions_only_on_click(tmp_path):
     run = _fake_run(tmp_path)
     panel = TrainPanel(run)

@@ -219,6 +219,15 @@ class Run:
                 g["weight_decay"] = cmd.value
         self.emit(record)
 
+    def set_precision(self, name: str) -> None:
+        """Choose fp32 / bf16 / fp16 / auto before training starts (the panel's precision choice)."""
+        if self.state.step > 0 or self.state.status != "ready":
+            raise RuntimeError(f"precision can change only before training starts (this run is {self.state.status} "
+                               f"at step {self.state.step}); build a new Run with train.precision={name}")
+        self.precision = build.resolve_precision(name, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision.use_grad_scaler else None
+        self.cfg.train.precision = name
+
     def trainable_count(self) -> int:
         return sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad)
 

@@ -24,6 +24,15 @@ SCHEDULES = ("progressive", "freeze_then_unfreeze")
 TARGETS = ("all", "embeddings", "attention", "ffn", "norm", "head", "layer N")
 
 
+def targets(model: Any) -> list[str]:
+    """The live freeze/unfreeze targets this model has: "all", the preset groups present, "layer N" per layer."""
+    names = [n for n, _ in model.named_parameters()]
+    found = [t for t in ("embeddings", "attention", "ffn", "norm", "head")
+             if any(re.search(PRESETS[t], n, flags=re.IGNORECASE) for n in names)]
+    layers = sorted({int(m.group(1)) for n in names if (m := LAYER_INDEX.search(n))})
+    return ["all", *found, *(f"layer {i}" for i in layers)]
+
+
 def select(model: Any, target: str, allowed: set[int] | None = None) -> list[Any]:
     """The parameters a live freeze/unfreeze target names: "all", a preset group ("embeddings", "attention",
     "ffn", "norm", "head") or "layer N". `allowed` (parameter ids the optimizer holds) limits the choice."""

@@ -53,6 +53,20 @@ class ControlBar:
             value=float(t.weight_decay), min=0.0, max=1.0, step=0.001, description="weight decay",
             style={"description_width": "initial"}, layout={"width": "200px"})
 
+        from nbtune.methods.unfreeze import targets
+        self.target_dropdown = widgets.Dropdown(options=targets(run.raw_model) if hasattr(run, "raw_model") else ["all"], value="all", description="group",
+                                                layout={"width": "200px"}, style={"description_width": "initial"})
+        self.freeze_button = widgets.Button(description="Freeze", icon="snowflake-o",
+                                            tooltip="stop training this group from the next step")
+        self.unfreeze_button = widgets.Button(description="Unfreeze", icon="fire",
+                                              tooltip="train this group again from the next step")
+        self.precision_dropdown = widgets.Dropdown(
+            options=["auto", "fp32", "bf16", "fp16"], value=t.precision, description="precision",
+            layout={"width": "180px"}, style={"description_width": "initial"},
+            tooltip="mixed precision; chosen before Start (bf16 is slow on CPUs without native bf16)")
+        self.freeze_button.on_click(lambda _: self._guard(self.trainable, "freeze", self.target_dropdown.value))
+        self.unfreeze_button.on_click(lambda _: self._guard(self.trainable, "unfreeze", self.target_dropdown.value))
+        self.precision_dropdown.observe(lambda c: self._guard(self.precision, c["new"]), names="value")
         self.start_button.on_click(lambda _: self._guard(self.start))
         self.pause_button.on_click(lambda _: self._guard(self.toggle_pause))
         self.stop_button.on_click(lambda _: self._guard(self.stop))
@@ -64,19 +78,32 @@ class ControlBar:
         self.widget = widgets.VBox([
             widgets.HBox([self.start_button, self.pause_button, self.stop_button, self.checkpoint_button]),
             widgets.HBox([self.lr_slider, self.clip_slider, self.weight_decay_box]),
+            widgets.HBox([self.target_dropdown, self.freeze_button, self.unfreeze_button, self.precision_dropdown]),
         ])
         # Stable CSS hooks for themes and browser tests; labels may change, these do not.
         for w, name in ((self.widget, "controls"), (self.start_button, "start"), (self.pause_button, "pause"),
                         (self.stop_button, "stop"), (self.checkpoint_button, "checkpoint"),
                         (self.lr_slider, "lr"), (self.clip_slider, "max-grad-norm"),
-                        (self.weight_decay_box, "weight-decay")):
+                        (self.weight_decay_box, "weight-decay"), (self.target_dropdown, "trainable-target"),
+                        (self.freeze_button, "freeze"), (self.unfreeze_button, "unfreeze"),
+                        (self.precision_dropdown, "precision")):
             w.add_class(f"nbtune-{name}")
 
     # ---- commands ----
     def start(self) -> None:
         self.run.start(background=True)
         self.start_button.disabled = True
+        self.precision_dropdown.disabled = True
         self._on_sent("start")
+
+    def trainable(self, name: str, target: str) -> None:
+        """Freeze or unfreeze a group through Control (checked against the model first)."""
+        getattr(self.run, name)(target)
+        self._on_sent(f"{name} {target}")
+
+    def precision(self, name: str) -> None:
+        self.run.set_precision(name)
+        self._on_sent(f"precision = {name}")
 
     def toggle_pause(self) -> None:
         """Pause, or resume when a pause was requested; the label always says what the next click does."""
@@ -119,7 +146,8 @@ class ControlBar:
 
     def finished(self) -> None:
         """The run ended: nothing left to steer."""
-        for button in (self.start_button, self.pause_button, self.stop_button, self.checkpoint_button):
+        for button in (self.start_button, self.pause_button, self.stop_button, self.checkpoint_button,
+                       self.freeze_button, self.unfreeze_button, self.precision_dropdown):
             button.disabled = True
 
     def _guard(self, fn: Callable[..., Any], *args: Any) -> None:
