@@ -166,3 +166,24 @@ def test_param_groups_cover_trainable_parameters_only(tmp_path):
     total = sum(p.numel() for g in run.optimizer.param_groups for p in g["params"])
     assert total == sum(p.numel() for p in run.raw_model.parameters() if p.requires_grad)
     assert isinstance(run.optimizer, torch.optim.AdamW)
+
+
+# Pairs that make sense together; each trains three steps with finite loss and both methods visibly at work.
+PAIRS = [
+    pytest.param([LAYER_LR, UNFREEZE], "bert-like", (), id="layer_lr+unfreeze"),
+    pytest.param([{"name": "curriculum", "start": 0.5}, LAYER_LR], "llama-like", (), id="curriculum+layer_lr"),
+]
+
+
+@pytest.mark.parametrize("methods, model, extra", PAIRS)
+def test_methods_compose_pairwise(tmp_path, methods, model, extra):
+    run = Run(_cfg(tmp_path, model, *extra, methods=methods))
+    assert [m.name for m in run.methods] == [m["name"] for m in methods]
+    run.start()
+    steps = _steps(run)
+    assert [s["step"] for s in steps] == [1, 2, 3] and all(math.isfinite(s["loss"]) for s in steps)
+    names = {n for s in steps for n in s["lr"]}
+    if LAYER_LR in methods:
+        assert {"embeddings", "attention.0"} <= {n.split(" (")[0] for n in names}
+    if UNFREEZE in methods:
+        assert [e["step"] for e in run.control.edits if e["name"] == "unfreeze"] == [0, 1, 2, 3]

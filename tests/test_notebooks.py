@@ -51,3 +51,20 @@ def test_data_workbench_notebook_executes(tmp_path):
     # nobody pressed a key in a headless run: the reference store holds the 10 labels, "me" none yet
     reference = (tmp_path / "labels" / "reference.jsonl").read_text().splitlines()
     assert len(reference) == 10
+
+
+@pytest.mark.integration
+def test_layered_finetuning_notebook_executes(tmp_path):
+    nb = _with_parameters(nbformat.read(NOTEBOOKS / "03_layered_finetuning.ipynb", as_version=4),
+                          'MODEL = "minilm"\nDATASET = "trec"\nSTEPS = 24\nTRAIN_SAMPLES = 192\nEVAL_SAMPLES = 48\n'
+                          'FULL_SIZE = False')
+    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors, errors
+    table = nb.cells[-1].outputs[-1]["data"]["text/plain"]
+    for setup in ("baseline", "layer_lr", "unfreeze", "curriculum", "all layers"):
+        assert setup in table
+    unfreeze = next("".join(o.get("data", {}).get("text/plain", "") for o in c.outputs) for c in nb.cells
+                    if c.cell_type == "code" and c.source.startswith("UNFREEZE"))
+    assert "(0, '1/" in unfreeze and "blocks: down to head" in unfreeze   # the schedule's edits, from step 0
+    assert len(list((tmp_path / "runs").iterdir())) == 5                # one run directory per row

@@ -26,11 +26,19 @@ class Precision:
     use_grad_scaler: bool
 
 
-def build_accelerator():
+def build_accelerator(find_unused_parameters: bool = False):
     """One Accelerator per run. Precision is handled by the loop, not by accelerate's global state, so a
-    kernel can run fp32 and then bf16 without a restart."""
+    kernel can run fp32 and then bf16 without a restart. `find_unused_parameters`: DDP must not wait for
+    gradients of parameters that a method froze after wrapping (progressive unfreezing)."""
     from accelerate import Accelerator
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
+    from accelerate.utils import DistributedDataParallelKwargs
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no", kwargs_handlers=handlers)
+
+
+def changes_trainable_set(cfg: RunConfig) -> bool:
+    """Whether a configured method freezes or opens parameters during training (DDP must be told)."""
+    return any((m if isinstance(m, str) else m.get("name")) == "unfreeze" for m in cfg.methods)
 
 
 def cpu_bf16_native() -> bool:

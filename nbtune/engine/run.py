@@ -36,7 +36,7 @@ class Run:
         from nbtune import assets
         from transformers import set_seed
         self.cfg = config
-        self.accelerator = build.build_accelerator()
+        self.accelerator = build.build_accelerator(build.changes_trainable_set(config))
         self.device = self.accelerator.device
         self.precision = build.resolve_precision(config.train.precision, self.device)
         set_seed(config.train.seed)
@@ -250,6 +250,9 @@ class Run:
 
     def _check_target(self, target: str) -> None:
         from nbtune.methods.unfreeze import select
+        if self.accelerator.num_processes > 1 and not build.changes_trainable_set(self.cfg):
+            raise RuntimeError("a live freeze under a distributed launch needs DDP's find_unused_parameters: add "
+                               "the unfreeze method to the config (it turns that on), or freeze before launching")
         select(self.raw_model, target, {id(p) for g in self.optimizer.param_groups for p in g["params"]})
 
     def _set_lr(self, new: float) -> tuple[float, float]:
