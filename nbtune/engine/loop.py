@@ -148,9 +148,12 @@ def training_loss(run, batch: dict, rows: list[int]) -> tuple[torch.Tensor, dict
     for method in methods:
         for name, term in method.loss_terms(batch, outputs["out"], ctx).items():
             terms[name] = terms[name] + term if name in terms else term
-    total = loss * ctx.task_weight if ctx.task_weight != 1.0 else loss
-    for term in terms.values():
-        total = total + term
+    if ctx.task_weight == 0.0 and terms:  # a method replaced the task loss (multitask): no zero backward
+        total = sum(terms.values())
+    else:
+        total = loss * ctx.task_weight if ctx.task_weight != 1.0 else loss
+        for term in terms.values():
+            total = total + term
     figures = {**{f"loss/{k}": v for k, v in terms.items()}, **ctx.metrics}
     if terms:
         figures["loss/task"] = loss
