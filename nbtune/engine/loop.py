@@ -25,6 +25,7 @@ class TrainState:
     batch_index: int = 0          # next micro-batch in this epoch's batch list
     micro_step: int = 0           # micro-batches already accumulated in the current window
     window_loss: float = 0.0      # sum of loss/window_len over those micro-batches (for the step's log line)
+    window_figures: dict = field(default_factory=dict)  # the same for the methods' figures
     samples_seen: int = 0
     tokens_seen: int = 0
     status: str = "ready"         # ready | running | paused | stopped | finished | error
@@ -53,7 +54,8 @@ def train(run) -> str:
     pending = _Pending()
     # Kept on the run so a mid-window checkpoint can save it; read to the host only then.
     run.window_loss = window_loss = torch.tensor(st.window_loss, device=run.device)
-    window_figures: dict[str, torch.Tensor] = {}
+    run.window_figures = window_figures = {k: torch.tensor(v, device=run.device)
+                                           for k, v in st.window_figures.items()}
     run.model.train()
     _method_steps(run, start=True)  # the trainable set for this step (a resumed run starts where the first one was)
     while st.step < run.total_steps:
@@ -101,7 +103,7 @@ def train(run) -> str:
             record.update(kind="step", step=st.step, epoch=st.epoch + st.batch_index / len(batches),
                           loss=window_loss.clone(), methods=window_figures)
             window_loss.zero_()
-            window_figures = {}
+            run.window_figures = window_figures = {}
             pending.records.append(record)
             if st.step % cfg.train.sync_every_n_steps == 0 or st.step == run.total_steps:
                 _flush(run, pending)
@@ -143,7 +145,8 @@ def training_loss(run, batch: dict, rows: list[int]) -> tuple[torch.Tensor, dict
     outputs = {}
     loss = compute_loss(run, batch, outputs)
     ctx = LossContext(model=run.model, raw_model=run.raw_model, task=run.cfg.task, step=run.state.step, loss=loss,
-                      rows=list(rows), label_names=run.data.label_names)
+                      rows=list(rows), label_names=run.data.label_names,
+                      class_weights=getattr(run, "class_weights", None))
     terms = {}
     for method in methods:
         for name, term in method.loss_terms(batch, outputs["out"], ctx).items():

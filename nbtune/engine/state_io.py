@@ -21,6 +21,7 @@ def save_run_state(run) -> Path:
     """Rank 0 writes weights and optimizer state; every rank writes its RNG and any partial gradients."""
     st, acc = run.state, run.accelerator
     st.window_loss = float(run.window_loss)
+    st.window_figures = {k: float(v) for k, v in getattr(run, "window_figures", {}).items()}
     final = run.run_dir / "checkpoints" / f"step-{st.step:06d}"
     staging = final.parent / f".tmp-{final.name}"  # same name on every rank
     if acc.is_main_process:

@@ -45,6 +45,7 @@ class LossContext:
     loss: Any                       # this micro-batch's task loss (a tensor with a graph)
     rows: list[int]                 # train-row indices of this micro-batch (a logits cache keys on them)
     label_names: list[str] = field(default_factory=list)
+    class_weights: Any = None       # the run's per-class loss weights (train.class_weights), or None
     task_weight: float = 1.0        # the task loss is multiplied by this before the terms are added
     metrics: dict[str, Any] = field(default_factory=dict)
 
