@@ -1,7 +1,7 @@
 """Fine-tuning methods from the guide, composable through ``RunConfig.methods`` (see nbtune/methods/base.py).
 
     >>> sorted(METHODS)
-    ['adversarial', 'curriculum', 'distill', 'domain_mix', 'layer_lr', 'multitask', 'unfreeze']
+    ['adversarial', 'curriculum', 'distill', 'domain_mix', 'heads', 'layer_lr', 'multitask', 'unfreeze']
 """
 from __future__ import annotations
 
@@ -40,6 +40,6 @@ def build_methods(specs: list[Any]) -> list[Method]:
     return out
 
 
-from nbtune.methods import adversarial, curriculum, distill, domain_mix, layer_lr, multitask, unfreeze  # noqa: E402,F401  (they register themselves)
+from nbtune.methods import adversarial, curriculum, distill, domain_mix, heads, layer_lr, multitask, unfreeze  # noqa: E402,F401  (they register themselves)
 
 __all__ = ["METHODS", "LossContext", "Method", "MethodError", "ParamGroup", "PlanState", "build_methods", "register"]
