@@ -172,6 +172,8 @@ def test_param_groups_cover_trainable_parameters_only(tmp_path):
 PAIRS = [
     pytest.param([LAYER_LR, UNFREEZE], "bert-like", (), id="layer_lr+unfreeze"),
     pytest.param([{"name": "curriculum", "start": 0.5}, LAYER_LR], "llama-like", (), id="curriculum+layer_lr"),
+    pytest.param([{"name": "heads", "head": "bilstm_crf"}, {"name": "adversarial", "kind": "fgm", "epsilon": 0.5}],
+                 "bert-like", ("task=token-classification", "data.dataset=peoples-daily-ner"), id="crf+adversarial"),
 ]
 
 
@@ -187,3 +189,6 @@ def test_methods_compose_pairwise(tmp_path, methods, model, extra):
         assert {"embeddings", "attention.0"} <= {n.split(" (")[0] for n in names}
     if UNFREEZE in methods:
         assert [e["step"] for e in run.control.edits if e["name"] == "unfreeze"] == [0, 1, 2, 3]
+    if "adversarial" in run.cfg.methods[-1]["name"]:
+        assert all(s["methods"]["loss/adversarial"] > 0 for s in steps)
+        assert type(run.raw_model).__name__ == "HeadModel"               # the perturbation reached the CRF model
