@@ -174,6 +174,8 @@ PAIRS = [
     pytest.param([{"name": "curriculum", "start": 0.5}, LAYER_LR], "llama-like", (), id="curriculum+layer_lr"),
     pytest.param([{"name": "heads", "head": "bilstm_crf"}, {"name": "adversarial", "kind": "fgm", "epsilon": 0.5}],
                  "bert-like", ("task=token-classification", "data.dataset=peoples-daily-ner"), id="crf+adversarial"),
+    # listed after layer_lr, the head still wraps the model first: its new parameters are in the optimizer
+    pytest.param([LAYER_LR, {"name": "heads", "head": "mlp"}], "bert-like", (), id="layer_lr+mlp_head"),
 ]
 
 
@@ -181,6 +183,8 @@ PAIRS = [
 def test_methods_compose_pairwise(tmp_path, methods, model, extra):
     run = Run(_cfg(tmp_path, model, *extra, methods=methods))
     assert [m.name for m in run.methods] == [m["name"] for m in methods]
+    trainable = {id(p) for p in run.raw_model.parameters() if p.requires_grad}
+    assert sorted(id(p) for g in run.optimizer.param_groups for p in g["params"]) == sorted(trainable)
     run.start()
     steps = _steps(run)
     assert [s["step"] for s in steps] == [1, 2, 3] and all(math.isfinite(s["loss"]) for s in steps)

@@ -62,9 +62,12 @@ def test_layered_finetuning_notebook_executes(tmp_path):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, errors
     table = nb.cells[-1].outputs[-1]["data"]["text/plain"]
-    for setup in ("baseline", "layer_lr", "unfreeze", "curriculum", "all layers"):
+    for setup in ("baseline", "layer_lr", "unfreeze", "curriculum", "mlp head", "adversarial (fgm)", "all layers"):
         assert setup in table
     unfreeze = next("".join(o.get("data", {}).get("text/plain", "") for o in c.outputs) for c in nb.cells
                     if c.cell_type == "code" and c.source.startswith("UNFREEZE"))
     assert "(0, '1/" in unfreeze and "blocks: down to head" in unfreeze   # the schedule's edits, from step 0
-    assert len(list((tmp_path / "runs").iterdir())) == 5                # one run directory per row
+    adversarial = next("".join(o.get("data", {}).get("text/plain", "") for o in c.outputs) for c in nb.cells
+                       if c.cell_type == "code" and c.source.startswith("ADVERSARIAL"))
+    assert "'loss/adversarial'" in adversarial and "'loss/task'" in adversarial
+    assert len(list((tmp_path / "runs").iterdir())) == 7                # one run directory per row

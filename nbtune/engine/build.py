@@ -247,11 +247,12 @@ def build_model(cfg: RunConfig, resolved, label_names: list[str], tokenizer) -> 
 
 
 def prepare_methods(methods: list, model: torch.nn.Module, cfg: RunConfig, device) -> tuple[torch.nn.Module, list | None]:
-    """Each method's ``prepare`` in config order. A method may return parameter groups (only one may), or a
-    replacement model (a wrapper such as a new task head), which the next method then sees."""
+    """Each method's ``prepare``: first those that wrap the model (heads, adapters), then the rest, each in
+    config order. A method may return parameter groups (only one may), or a replacement model, which the next
+    method then sees."""
     from nbtune.methods.base import MethodError
     groups = None
-    for method in methods:
+    for method in sorted(methods, key=lambda m: not m.wraps_model):
         out = method.prepare(model, cfg)
         if isinstance(out, torch.nn.Module):
             model = out.to(device)

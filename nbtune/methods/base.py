@@ -70,6 +70,9 @@ class Method:
     """Base class: every hook is a no-op, so a method implements only the doors it needs."""
 
     name: ClassVar[str] = ""
+    # A method whose prepare returns a new model (a head, an adapter wrapper) is prepared before the others,
+    # whatever the config order, so groups and unfreezing blocks are taken from the final model.
+    wraps_model: ClassVar[bool] = False
 
     def prepare(self, model: Any, cfg: Any) -> Any:
         return None

@@ -220,6 +220,7 @@ class Heads(Method):
     "last", classification only); dropout (0.1); loss_weight (multiplies the head's training loss, 1.0)."""
 
     name: ClassVar[str] = "heads"
+    wraps_model: ClassVar[bool] = True
     head: str = "bilstm_crf"
     lstm_hidden: int | None = None
     lstm_layers: int | None = None

@@ -196,6 +196,7 @@ class MultiTask(Method):
     """
 
     name: ClassVar[str] = "multitask"
+    wraps_model: ClassVar[bool] = True
     balance: str = "sum"
     measure_conflicts: bool = True
     gradnorm_alpha: float | None = None
