@@ -20,11 +20,12 @@ LAUNCHERS = {
 }
 
 
-def _train(tmp_path: Path, launcher: str) -> Path:
+def _train(tmp_path: Path, launcher: str, methods: list | None = None) -> Path:
     cfg = RunConfig().with_overrides([
         "model.name=tiny-bert", "data.dataset=trec", "data.max_train_samples=64", "data.max_eval_samples=16",
         "train.batch_size=8", "train.max_steps=6", "train.progress_bar=false", "train.tensorboard=false",
         f"output_dir={tmp_path}", f"run_name={launcher}", "train.precision=fp32"])
+    cfg.methods = methods or []
     cfg.to_yaml(tmp_path / f"{launcher}.yaml")
     cmd = LAUNCHERS[launcher] + ["-m", "nbtune.cli", "train", str(tmp_path / f"{launcher}.yaml"), "--no-report"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -51,3 +52,16 @@ def test_two_cpu_ranks_agree_under_both_launchers(tmp_path):
         assert load_file(str(saved / "model.safetensors"))
     # Same config, same data plan: the two launchers must produce bit-identical weights.
     assert digests["torchrun"] == digests["accelerate"]
+
+
+@pytest.mark.integration
+def test_methods_under_ddp_ranks_agree(tmp_path):
+    """Progressive unfreezing freezes parameters DDP wrapped as trainable (find_unused_parameters), layer_lr
+    groups and a curriculum plan sharded per rank: both ranks end with the same weights."""
+    methods = [{"name": "layer_lr", "lr": {"embeddings": 1e-5}, "layer_decay": 0.8},
+               {"name": "unfreeze", "every_n_steps": 2}, {"name": "curriculum", "start": 0.5}]
+    run_dir = _train(tmp_path, "torchrun", methods)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    end = next(r for r in records if r["kind"] == "end")
+    assert end["status"] == "finished" and len(set(end["results"]["weights_digest_by_rank"])) == 1
+    assert [r["step"] for r in records if r.get("kind") == "edit" and r["name"] == "unfreeze"] == [0, 2, 4, 6]
