@@ -176,6 +176,10 @@ PAIRS = [
                  "bert-like", ("task=token-classification", "data.dataset=peoples-daily-ner"), id="crf+adversarial"),
     # listed after layer_lr, the head still wraps the model first: its new parameters are in the optimizer
     pytest.param([LAYER_LR, {"name": "heads", "head": "mlp"}], "bert-like", (), id="layer_lr+mlp_head"),
+    pytest.param([{"name": "layer_lr", "lr": {"attention": 5e-4}}, {"name": "lora", "r": 4}], "llama-like", (),
+                 id="layer_lr+lora"),
+    pytest.param([{"name": "lora", "r": 4}, {"name": "distill", "teacher": "tiny-bert"}], "bert-like", (),
+                 id="lora+distill"),
 ]
 
 
@@ -193,6 +197,10 @@ def test_methods_compose_pairwise(tmp_path, methods, model, extra):
         assert {"embeddings", "attention.0"} <= {n.split(" (")[0] for n in names}
     if UNFREEZE in methods:
         assert [e["step"] for e in run.control.edits if e["name"] == "unfreeze"] == [0, 1, 2, 3]
+    if any(m["name"] == "lora" for m in methods):                      # only adapters (and the head) train
+        assert all("lora_" in n or "classifier" in n for n, p in run.raw_model.named_parameters() if p.requires_grad)
+    if any(m["name"] == "distill" for m in methods):
+        assert all(s["methods"]["loss/distill"] > 0 for s in steps)
     if "adversarial" in run.cfg.methods[-1]["name"]:
         assert all(s["methods"]["loss/adversarial"] > 0 for s in steps)
         assert type(run.raw_model).__name__ == "HeadModel"               # the perturbation reached the CRF model

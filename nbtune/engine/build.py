@@ -263,6 +263,11 @@ def prepare_methods(methods: list, model: torch.nn.Module, cfg: RunConfig, devic
             groups = out
     if not any(p.requires_grad for p in model.parameters()):
         raise MethodError("the methods left no trainable parameter: " + ", ".join(m.name for m in methods))
+    if groups is not None:
+        trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        if {id(p) for g in groups for p in g.params} != trainable:
+            raise MethodError("parameter groups were built before a later method changed what trains; the method "
+                              "that returns groups (layer_lr) must see the final model")
     return model, groups
 
 

@@ -301,7 +301,10 @@ class Run:
                    "precision": self.precision.name, "world_size": self.accelerator.num_processes,
                    "total_steps": self.total_steps, "step": self.state.step, "model": self.cfg.model.name,
                    "dataset": self.cfg.data.dataset, "label_names": self.data.label_names,
-                   "class_weights": None if self.class_weights is None else self.class_weights.tolist()})
+                   "class_weights": None if self.class_weights is None else self.class_weights.tolist(),
+                   "parameters": {"trainable": self.trainable_count(),
+                                  "total": sum(p.numel() for p in self.raw_model.parameters())},
+                   "methods": [m.name for m in self.methods]})
         queued, self._queued_records = self._queued_records, []
         for record in queued:
             self.emit(record)

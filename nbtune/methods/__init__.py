@@ -1,7 +1,7 @@
 """Fine-tuning methods from the guide, composable through ``RunConfig.methods`` (see nbtune/methods/base.py).
 
-    >>> sorted(METHODS)
-    ['adversarial', 'curriculum', 'distill', 'domain_mix', 'heads', 'layer_lr', 'multitask', 'unfreeze']
+    >>> " ".join(sorted(METHODS))
+    'adversarial curriculum distill domain_mix heads layer_lr lora multitask prompt_tuning unfreeze'
 """
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ def build_methods(specs: list[Any]) -> list[Method]:
     return out
 
 
-from nbtune.methods import adversarial, curriculum, distill, domain_mix, heads, layer_lr, multitask, unfreeze  # noqa: E402,F401  (they register themselves)
+# The method modules register themselves on import.
+from nbtune.methods import (adversarial, curriculum, distill, domain_mix, heads, layer_lr, lora,  # noqa: E402,F401
+                            multitask, prompt_tuning, unfreeze)
 
 __all__ = ["METHODS", "LossContext", "Method", "MethodError", "ParamGroup", "PlanState", "build_methods", "register"]
