@@ -7,7 +7,8 @@ import torch
 
 from nbtune.engine.run import Run
 from nbtune.methods import MethodError
-from tests.test_methods import _cfg, _final, _max_diff, _phase
+from tests.test_methods import _cfg
+from tests.test_resume import OVERRIDES, resume_is_exact
 
 
 def test_live_freeze_keeps_a_group_still_and_is_logged(tmp_path):
@@ -48,12 +49,5 @@ def test_a_live_freeze_survives_the_unfreeze_schedule(tmp_path):
 
 
 def test_resume_is_bit_identical_across_a_live_freeze(tmp_path):
-    from tests.test_resume import OVERRIDES
     extra = {"edits": [[2, "freeze", "layer 0"], [3, "lr", 2e-4], [8, "unfreeze", "layer 0"]]}
-    ref = _phase(tmp_path, "ref", overrides=OVERRIDES, **extra)
-    stopped = _phase(tmp_path, "resumed", overrides=OVERRIDES, stop_at=[5, 1], **extra)
-    done = _phase(tmp_path, "resumed", overrides=OVERRIDES, resume=stopped["run_dir"], **extra)
-    assert ref["step"] == done["step"] == 12
-    (ref_w, ref_s), (got_w, got_s) = _final(tmp_path / "ref"), _final(tmp_path / "resumed")
-    assert _max_diff(ref_w, got_w) == 0.0
-    assert _max_diff(ref_s["optimizer"]["state"], got_s["optimizer"]["state"]) == 0.0
+    resume_is_exact(tmp_path, [5, 1], overrides=OVERRIDES, **extra)

@@ -12,7 +12,8 @@ from nbtune.config import ConfigError, RunConfig
 from nbtune.engine.run import Run
 from nbtune.methods import MethodError
 from nbtune.methods.curriculum import Curriculum
-from tests.test_methods import _cfg, _final, _max_diff, _phase, _steps
+from tests.test_methods import _cfg, _steps
+from tests.test_resume import OVERRIDES, resume_is_exact
 
 
 def test_pacing_functions():
@@ -73,12 +74,5 @@ GOLDEN = [1.7841191, 1.7735329, 1.7644879]
 
 
 def test_resume_is_bit_identical_with_curriculum(tmp_path):
-    from tests.test_resume import OVERRIDES
     extra = {"overrides": [*OVERRIDES, "methods=[{name: curriculum, pacing: step, start: 0.25, full_at: 2}]"]}
-    ref = _phase(tmp_path, "ref", **extra)
-    stopped = _phase(tmp_path, "resumed", stop_at=[5, 1], **extra)
-    done = _phase(tmp_path, "resumed", resume=stopped["run_dir"], **extra)
-    assert ref["step"] == done["step"] == 12
-    (ref_w, ref_s), (got_w, got_s) = _final(tmp_path / "ref"), _final(tmp_path / "resumed")
-    assert _max_diff(ref_w, got_w) == 0.0
-    assert _max_diff(ref_s["optimizer"]["state"], got_s["optimizer"]["state"]) == 0.0
+    resume_is_exact(tmp_path, [5, 1], **extra)

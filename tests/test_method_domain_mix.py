@@ -10,7 +10,8 @@ import pytest
 from nbtune.config import ConfigError, RunConfig
 from nbtune.engine.run import Run
 from nbtune.methods import MethodError
-from tests.test_methods import _cfg, _final, _max_diff, _phase, _steps
+from tests.test_methods import _cfg, _steps
+from tests.test_resume import OVERRIDES, resume_is_exact
 
 
 def _general(tmp_path):
@@ -82,16 +83,9 @@ GOLDEN = [10.3124142, 10.2498770, 10.1645584]
 
 
 def test_resume_is_bit_identical_across_a_live_ratio_edit(tmp_path):
-    from tests.test_resume import OVERRIDES
     general = tmp_path / "general.csv"
     general.write_text("text,label\n" + "".join(f"what is thing {i} called,{lab}\n"
                                                  for i, lab in enumerate(["description", "entity", "human", "number"] * 10)))
     extra = {"overrides": [*OVERRIDES, f"methods=[{{name: domain_mix, general: '{general}', ratio: 0.75}}]"],
              "edits": [[4, "domain_mix.ratio", 0.5]]}
-    ref = _phase(tmp_path, "ref", **extra)
-    stopped = _phase(tmp_path, "resumed", stop_at=[6, 1], **extra)
-    done = _phase(tmp_path, "resumed", resume=stopped["run_dir"], **extra)
-    assert ref["step"] == done["step"] == 12
-    (ref_w, ref_s), (got_w, got_s) = _final(tmp_path / "ref"), _final(tmp_path / "resumed")
-    assert _max_diff(ref_w, got_w) == 0.0
-    assert _max_diff(ref_s["optimizer"]["state"], got_s["optimizer"]["state"]) == 0.0
+    resume_is_exact(tmp_path, [6, 1], **extra)

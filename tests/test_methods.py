@@ -11,7 +11,7 @@ import torch
 from nbtune.config import ConfigError, RunConfig
 from nbtune.engine.run import Run
 from nbtune.methods import MethodError
-from tests.test_resume import _final, _max_diff, _phase
+from tests.test_resume import OVERRIDES, resume_is_exact
 
 MODELS = {
     "bert-like": ["task=classification", "model.name=tiny-bert", "data.dataset=trec"],
@@ -91,16 +91,8 @@ GOLDEN = {"layer_lr": [1.7842252, 1.7881374, 1.7879360]}
 
 def test_resume_is_bit_identical_with_layer_lr(tmp_path):
     methods = "methods=[{name: layer_lr, lr: {embeddings: 1e-4, attention: 5e-4}, layer_decay: 0.8}]"
-    from tests.test_resume import OVERRIDES
     extra = {"overrides": [*OVERRIDES, methods]}
-    ref = _phase(tmp_path, "ref", **extra)
-    stopped = _phase(tmp_path, "resumed", stop_at=[6, 1], **extra)
-    assert stopped["status"] == "stopped"
-    done = _phase(tmp_path, "resumed", resume=stopped["run_dir"], **extra)
-    assert ref["step"] == done["step"] == 12
-    (ref_w, ref_s), (got_w, got_s) = _final(tmp_path / "ref"), _final(tmp_path / "resumed")
-    assert _max_diff(ref_w, got_w) == 0.0
-    assert _max_diff(ref_s["optimizer"]["state"], got_s["optimizer"]["state"]) == 0.0
+    ref_s, _ = resume_is_exact(tmp_path, [6, 1], **extra)
     assert len(ref_s["scheduler"]["base_lrs"]) > 2                   # really the per-group setup
 
 
@@ -131,15 +123,8 @@ def test_progressive_unfreezing_opens_one_block_per_interval(tmp_path):
 
 def test_freeze_then_unfreeze_and_resume_is_exact(tmp_path):
     methods = "methods=[{name: unfreeze, schedule: freeze_then_unfreeze, every_n_epochs: 1}]"
-    from tests.test_resume import OVERRIDES
     extra = {"overrides": [*OVERRIDES, methods]}
-    ref = _phase(tmp_path, "ref", **extra)
-    stopped = _phase(tmp_path, "resumed", stop_at=[3, 1], **extra)
-    done = _phase(tmp_path, "resumed", resume=stopped["run_dir"], **extra)
-    assert ref["step"] == done["step"] == 12
-    (ref_w, ref_s), (got_w, got_s) = _final(tmp_path / "ref"), _final(tmp_path / "resumed")
-    assert _max_diff(ref_w, got_w) == 0.0
-    assert _max_diff(ref_s["optimizer"]["state"], got_s["optimizer"]["state"]) == 0.0
+    resume_is_exact(tmp_path, [3, 1], **extra)
     edits = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     unfreeze = [(e["step"], e["new"]) for e in edits if e.get("kind") == "edit" and e["name"] == "unfreeze"]
     assert unfreeze == [(0, "1/4 blocks: down to head"), (4, "4/4 blocks: down to embeddings")]

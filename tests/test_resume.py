@@ -31,6 +31,20 @@ def _phase(tmp: Path, name: str, **spec) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def resume_is_exact(tmp: Path, stop_at: list[int], steps: int = 12, **spec) -> tuple[dict, dict]:
+    """Train straight through ("ref"), and with a stop at `stop_at` plus a resume in a fresh process ("resumed");
+    assert both reach `steps` with bit-identical weights and AdamW state. Returns both final states."""
+    ref = _phase(tmp, "ref", **spec)
+    stopped = _phase(tmp, "resumed", stop_at=stop_at, **spec)
+    assert stopped["status"] == "stopped"
+    done = _phase(tmp, "resumed", resume=stopped["run_dir"], **spec)
+    assert ref["step"] == done["step"] == steps
+    (ref_w, ref_s), (got_w, got_s) = _final(tmp / "ref"), _final(tmp / "resumed")
+    assert _max_diff(ref_w, got_w) == 0.0
+    assert _max_diff(ref_s["optimizer"]["state"], got_s["optimizer"]["state"]) == 0.0
+    return ref_s, got_s
+
+
 def _steps(run_dir: Path) -> dict[int, dict]:
     """Step records by step; a resumed run appends, so later lines win."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

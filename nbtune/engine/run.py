@@ -319,6 +319,12 @@ class Run:
         from nbtune.engine.incremental import continue_with
         return continue_with(self, items, **options)
 
+    def lr_find(self, **options: Any):
+        """The LR range test (nbtune.tune.lr_find): the loss over an exponential LR sweep and a suggested
+        starting LR beside the usual range. The run is unchanged afterwards; call it before training."""
+        from nbtune.tune.lr_find import lr_find
+        return lr_find(self, **options)
+
     def _close_sinks(self) -> None:
         for sink in self._sinks:
             sink.close()
