@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from nbtune.engine.run import Run
 from nbtune.methods import MethodError
 from nbtune.methods.heads import BiLSTMCRFHead, HeadModel, Heads, MLPHead, load_pretrained, word_start_mask
 from tests.test_methods import MODELS, _cfg, _steps
-from tests.test_resume import LR_EDIT, OVERRIDES, WORKER, _final, _max_diff
+from tests.test_resume import OVERRIDES, _final, resume_is_exact
 
 NER = ["task=token-classification", "data.dataset=peoples-daily-ner"]
 CRF_SPEC = {"name": "heads", "head": "bilstm_crf", "lstm_hidden": 16}
@@ -164,18 +162,6 @@ def test_composes_with_layer_lr_head_group(tmp_path):
     assert names == HEAD_PARAMS["bilstm_crf"] and {g["lr"] for g in head} == {3e-3}
 
 
-def _phase(tmp: Path, name: str, **spec) -> dict:
-    """tests/test_resume._phase with heads registered in the fresh process (until nbtune.methods imports it)."""
-    spec = {"overrides": OVERRIDES, "run_dir": str(tmp / name), "edits": [LR_EDIT], **spec}
-    code = ("import json, sys, runpy; import nbtune.methods.heads; "
-            f"runpy.run_path({str(WORKER)!r}, run_name='worker')['main'](json.loads(sys.argv[1]))")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as conftest does in-process: tiny models gain nothing from threads
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, timeout=600,
-                         env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def _ner_slice(tmp: Path, n_rows: int = 80) -> Path:
     """The first rows of peoples-daily-ner as a JSONL file: each subprocess reads them without rebuilding the set."""
     from nbtune import assets
@@ -191,16 +177,10 @@ def test_resume_is_bit_identical_with_the_crf_head(tmp_path):
     spec = "{name: heads, head: bilstm_crf, lstm_hidden: 8}"
     extra = {"overrides": [*OVERRIDES, "task=token-classification", f"data.dataset={_ner_slice(tmp_path)}",
                            f"methods=[{spec}]"]}
-    ref = _phase(tmp_path, "ref", **extra)
-    stopped = _phase(tmp_path, "resumed", stop_at=[6, 1], **extra)    # inside an accumulation window
-    assert stopped["status"] == "stopped"
-    done = _phase(tmp_path, "resumed", resume=stopped["run_dir"], **extra)
-    assert ref["step"] == done["step"] == 12
-    (ref_w, ref_s), (got_w, got_s) = _final(tmp_path / "ref"), _final(tmp_path / "resumed")
+    resume_is_exact(tmp_path, [6, 1], **extra)                          # stopped inside an accumulation window
+    ref_w, _ = _final(tmp_path / "ref")
     assert {k for k in ref_w if k.startswith("classifier.crf.")} == {
         "classifier.crf.start_transitions", "classifier.crf.end_transitions", "classifier.crf.transitions"}
-    assert _max_diff(ref_w, got_w) == 0.0
-    assert _max_diff(ref_s["optimizer"]["state"], got_s["optimizer"]["state"]) == 0.0
 
 
 def test_save_pretrained_round_trips(tmp_path):
