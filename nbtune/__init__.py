@@ -19,7 +19,8 @@ _LAZY = {
     "Run": "nbtune.engine.run", "Control": "nbtune.engine.control",
     "assets": "nbtune.assets", "data": "nbtune.data",
     "TrainPanel": "nbtune.ui.panels.train", "DataPanel": "nbtune.ui.panels.data",
-    "AnnotatePanel": "nbtune.ui.panels.annotate",
+    "AnnotatePanel": "nbtune.ui.panels.annotate", "TunePanel": "nbtune.ui.panels.tune",
+    "TuneStudy": "nbtune.tune.study", "tune": "nbtune.tune",
 }
 
 __all__ = list(_LAZY)

@@ -71,3 +71,24 @@ def test_layered_finetuning_notebook_executes(tmp_path):
                        if c.cell_type == "code" and c.source.startswith("ADVERSARIAL"))
     assert "'loss/adversarial'" in adversarial and "'loss/task'" in adversarial
     assert len(list((tmp_path / "runs").iterdir())) == 7                # one run directory per row
+
+
+@pytest.mark.integration
+def test_hyperparameter_search_notebook_executes(tmp_path):
+    nb = _with_parameters(nbformat.read(NOTEBOOKS / "04_hyperparameter_search.ipynb", as_version=4),
+                          'MODEL = "minilm"\nDATASET = "intents-en"\nTRIALS = 3\nSTEPS = 8\nEVAL_EVERY = 4\n'
+                          'TRAIN_SAMPLES = 256\nEVAL_SAMPLES = 64\nLR_FIND_STEPS = 30\nFULL_SIZE = False')
+    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors, errors
+    text = "\n".join("".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in c.get("outputs", []))
+                     for c in nb.cells if c.cell_type == "code")
+    assert "suggested starting point" in text and "learning rate searched in" in text
+    assert "['train.batch_size', 'train.learning_rate', 'dropout']" in text or "'dropout'" in text
+    assert "best trial #" in text
+    # the study is in SQLite under the run directory, with the three trials
+    (db,) = (tmp_path / "runs").glob("tune-*/study.db")
+    import sqlite3
+    with sqlite3.connect(db) as con:
+        states = [s for (s,) in con.execute("SELECT state FROM trials")]
+    assert len(states) == 3 and set(states) <= {"COMPLETE", "PRUNED"}

@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 
 from nbtune.ui import data_figures
 from nbtune.ui.panels.data_browser import Query, count_text, filter_rows, page_html
+from nbtune.ui.chart_grid import chart_grid
 
 ANY = "(any)"
 
@@ -83,8 +84,7 @@ class DataPanel:
         self.prev_button.on_click(lambda _: self._guard(self.show_page, self.page - 1))
         self.next_button.on_click(lambda _: self._guard(self.show_page, self.page + 1))
 
-        charts = widgets.GridBox(list(self.figures.values()),
-                                 layout={"grid_template_columns": "repeat(2, minmax(0, 1fr))"})
+        charts = chart_grid(self.figures.values())
         filters = widgets.HBox([self.search_box, self.label_filter, self.split_filter, self.flag_filter])
         nav = widgets.HBox([self.length_filter, self.prev_button, self.next_button, self.count_html])
         browser = widgets.VBox([filters, nav, self.error_html, self.table_html])

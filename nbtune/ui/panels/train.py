@@ -33,6 +33,7 @@ from nbtune.ui import figures
 from nbtune.ui.panels.train_controls import AdviceView, ControlBar
 from nbtune.ui.runner import Pump
 from nbtune.ui.snapshot import snapshot_bundle
+from nbtune.ui.chart_grid import chart_grid
 
 # Clip rate is measured over this many recent steps.
 CLIP_RATE_WINDOW = 100
@@ -87,8 +88,7 @@ class TrainPanel:
         self.checkpoint_button, self.lr_slider, self.clip_slider = c.checkpoint_button, c.lr_slider, c.clip_slider
         self.weight_decay_box = c.weight_decay_box
 
-        charts = widgets.GridBox(list(self.figures.values()),
-                                 layout={"grid_template_columns": "repeat(2, minmax(0, 1fr))"})
+        charts = chart_grid(self.figures.values())
         self.widget = widgets.VBox([self.header_html, self.status_html, self.controls.widget, self.error_html,
                                     self.error_details, charts, self.advice.widget, self.log_html])
         for w, name in ((self.widget, "train-panel"), (self.header_html, "header"), (self.status_html, "status"),
