@@ -17,6 +17,7 @@ def test_engine_imports_no_ui_and_no_cuda():
     found = _python(f"""
 import json, sys
 import nbtune, nbtune.engine, nbtune.config, nbtune.assets, nbtune.history, nbtune.envcheck, nbtune.methods, nbtune.tune
+import nbtune.explain
 cfg = nbtune.RunConfig()
 import torch
 print(json.dumps({{"ui": sorted(m for m in sys.modules if m.split(".")[0] in {UI_MODULES!r}),
