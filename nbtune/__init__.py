@@ -20,7 +20,8 @@ _LAZY = {
     "assets": "nbtune.assets", "data": "nbtune.data",
     "TrainPanel": "nbtune.ui.panels.train", "DataPanel": "nbtune.ui.panels.data",
     "AnnotatePanel": "nbtune.ui.panels.annotate", "TunePanel": "nbtune.ui.panels.tune",
-    "TuneStudy": "nbtune.tune.study", "tune": "nbtune.tune",
+    "TuneStudy": "nbtune.tune.study", "tune": "nbtune.tune", "ExplainPanel": "nbtune.ui.panels.explain",
+    "explain": "nbtune.explain",
 }
 
 __all__ = list(_LAZY)

@@ -1,5 +1,5 @@
 """Command line: `nbtune demo`, `nbtune train run.yaml [section.key=value ...]`, `nbtune tune run.yaml --trials N`,
-`nbtune env`.
+`nbtune explain RUN_DIR --auto 5`, `nbtune env`.
 
 `nbtune train` works unchanged under a launcher, one process per rank:
     torchrun --nproc_per_node 2 -m nbtune.cli train run.yaml        # CPU: gloo
@@ -44,12 +44,18 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--study-dir", help="where study.db and the trials' runs go (default: "
                       "<output_dir>/tune-<study name>); the same directory resumes the study")
     tune.add_argument("--keep-checkpoints", default="best", choices=("best", "all", "none"))
+    from nbtune.explain.cli import add_parser as add_explain_parser  # argparse only: cheap
+    add_explain_parser(sub)
     sub.add_parser("env", help="check this machine: devices, precision support, versions, bundled assets")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "explain":
+        _quiet_libraries()
+        from nbtune.explain.cli import main as explain_main
+        return explain_main(args)
     if args.command == "env":
         from nbtune.envcheck import main as env_main
         return env_main([])

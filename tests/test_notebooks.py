@@ -92,3 +92,21 @@ def test_hyperparameter_search_notebook_executes(tmp_path):
     with sqlite3.connect(db) as con:
         states = [s for (s,) in con.execute("SELECT state FROM trials")]
     assert len(states) == 3 and set(states) <= {"COMPLETE", "PRUNED"}
+
+
+@pytest.mark.integration
+def test_explainability_review_notebook_executes(tmp_path):
+    nb = _with_parameters(nbformat.read(NOTEBOOKS / "05_explainability_review.ipynb", as_version=4),
+                          'MODEL = "minilm"\nINTENT_STEPS = 12\nSENTIMENT_STEPS = 6\nTRAIN_SAMPLES = 256\n'
+                          'EVAL_SAMPLES = 48\nSAVE_EVERY = 6\nMAX_EVALS = 40\nLIME_SAMPLES = 60\nIG_STEPS = 8\n'
+                          'PROBES = 2\nFULL_SIZE = False')
+    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors, errors
+    text = "\n".join("".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in c.get("outputs", []))
+                     for c in nb.cells if c.cell_type == "code")
+    for method in ("'shap'", "'lime'", "'ig'", "'attention'"):
+        assert method in text
+    assert "gained" in text and "AOPC" in text and "report:" in text
+    report = (tmp_path / "explain-review.html").read_text()
+    assert "<script" not in report.lower() and "2 probes" in text
