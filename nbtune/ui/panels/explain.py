@@ -97,7 +97,8 @@ class ExplainPanel:
         self._update_cost()
 
     def _header(self) -> str:
-        name = getattr(getattr(self.em.model, "config", None), "_name_or_path", "") or type(self.em.model).__name__
+        name = (self.run.cfg.model.name if self.run is not None else
+                getattr(getattr(self.em.model, "config", None), "_name_or_path", "") or type(self.em.model).__name__)
         labels = len(self.em.label_names)
         return (f"<b>Explain</b> · model {html.escape(str(name))} · {html.escape(self.em.task)}"
                 + (f" · {labels} labels" if labels else ""))
