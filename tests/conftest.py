@@ -18,3 +18,13 @@ def _one_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def trigger(tmp_path_factory):
+    """The trigger classifier of tests/support/trigger.py, trained once per session (~10 s): run_dir with
+    checkpoints at steps 40/80/120/160 and model_dir with the final model. Modules load their own copy."""
+    from tests.support.trigger import train_trigger
+    trained = train_trigger(tmp_path_factory.mktemp("trigger"))
+    assert trained.results["test"]["accuracy"] == 1.0
+    return trained

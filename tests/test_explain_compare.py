@@ -10,7 +10,7 @@ import pytest
 from nbtune.explain.compare import agreement, compare, faithfulness, kendall_tau_b, spearman
 from nbtune.explain.model import ExplainModel
 from nbtune.explain.types import Attribution, ExplainError, Target, split_words
-from tests.support.trigger import TRIGGER, trigger_model
+from tests.support.trigger import TRIGGER, load_trigger
 
 TEXT = "the lamp zebra is on today"
 ALARM = Target("classification", 0, "alarm")
@@ -107,8 +107,8 @@ def test_repeated_methods_and_short_texts():
 
 # ---------------------------------------------------------------- faithfulness (trained trigger model)
 @pytest.fixture(scope="module")
-def em(tmp_path_factory):
-    model, tokenizer, _, _ = trigger_model(tmp_path_factory.mktemp("trigger"))
+def em(trigger):
+    model, tokenizer = load_trigger(trigger.model_dir)
     return ExplainModel(model, tokenizer, "classification")
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from nbtune.explain.drift import explanation_drift
 from nbtune.explain.types import Attribution, ExplainError, split_words
-from tests.support.trigger import TRIGGER, trigger_rows
+from tests.support.trigger import TRIGGER
 
 PROBES = ["the lamp zebra is on today", "we read a book near window"]
 
@@ -26,26 +26,9 @@ def occlusion(em, text: str, target=None, *, word=None, continuation=None) -> At
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """The trigger run with a checkpoint every 40 of its 160 steps, all kept (save_total_limit defaults to 2)."""
-    import datasets
-    import pandas as pd
-
-    import nbtune as nt
-    from nbtune.config import RunConfig
-    from nbtune.engine.run import Run
-    ds = datasets.DatasetDict({split: datasets.Dataset.from_pandas(pd.DataFrame(trigger_rows(n, seed)),
-                                                                   preserve_index=False)
-                               for split, n, seed in (("train", 640, 0), ("validation", 64, 1), ("test", 64, 2))})
-    cfg = RunConfig(output_dir=str(tmp_path_factory.mktemp("drift"))).with_overrides([
-        "task=classification", "model.name=tiny-bert", "data.dataset=trigger", "data.max_length=24",
-        "train.learning_rate=3e-3", "train.batch_size=16", "train.max_steps=160", "train.warmup_ratio=0.05",
-        "train.eval_every_n_steps=0", "train.seed=0", "train.save_every_n_steps=40", "train.save_total_limit=null",
-        "train.progress_bar=false", "train.tensorboard=false"])
-    run = Run(cfg, nt.data.load(ds))
-    run.start()
-    assert run.results["test"]["accuracy"] == 1.0
-    return run.run_dir
+def run_dir(trigger):
+    """The session's trigger run: a checkpoint every 40 of its 160 steps, all kept."""
+    return trigger.run_dir
 
 
 def test_trigger_attribution_grows_across_checkpoints(run_dir):

@@ -15,7 +15,7 @@ import torch
 from nbtune.explain.gradients import WINDOW_OVERLAP, explain_grad_x_input, explain_ig
 from nbtune.explain.model import ExplainModel
 from nbtune.explain.types import ExplainError
-from tests.support.trigger import TRIGGER, trigger_model
+from tests.support.trigger import TRIGGER, load_trigger
 
 pytest.importorskip("captum")
 
@@ -25,8 +25,8 @@ SENTENCES = ["the lamp zebra is on today",                          # trigger in
 
 
 @pytest.fixture(scope="module")
-def em(tmp_path_factory):
-    model, tokenizer, _run_dir, _results = trigger_model(tmp_path_factory.mktemp("trigger"))
+def em(trigger):
+    model, tokenizer = load_trigger(trigger.model_dir)
     model.zero_grad(set_to_none=True)
     return ExplainModel(model, tokenizer, "classification", ["alarm", "calm"])
 

@@ -17,7 +17,7 @@ from nbtune.explain.html import fmt
 from nbtune.explain.model import ExplainModel
 from nbtune.explain.report import Budget, build_report
 from nbtune.explain.types import ExplainError
-from tests.support.trigger import TRIGGER, trigger_rows
+from tests.support.trigger import TRIGGER, trigger_run
 
 PROBES = ["the lamp zebra is on today", "zebra near the window while music plays"]
 SMALL = Budget(shap_max_evals=60, lime_samples=200, ig_steps=32, random_seeds=3)
@@ -55,23 +55,8 @@ class Page(HTMLParser):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """trigger.py's model and data (same rows and settings), keeping the checkpoints at steps 80 and 160."""
-    import datasets
-    import pandas as pd
-
-    import nbtune as nt
-    from nbtune.config import RunConfig
-    from nbtune.engine.run import Run
-    ds = datasets.DatasetDict({split: datasets.Dataset.from_pandas(pd.DataFrame(trigger_rows(n, seed)),
-                                                                   preserve_index=False)
-                               for split, n, seed in (("train", 640, 0), ("validation", 64, 1), ("test", 64, 2))})
-    cfg = RunConfig(output_dir=str(tmp_path_factory.mktemp("report"))).with_overrides([
-        "task=classification", "model.name=tiny-bert", "data.dataset=trigger", "data.max_length=24",
-        "train.learning_rate=3e-3", "train.batch_size=16", "train.max_steps=160", "train.warmup_ratio=0.05",
-        "train.eval_every_n_steps=0", "train.seed=0", "train.save_every_n_steps=80", "train.save_total_limit=null",
-        "train.progress_bar=false", "train.tensorboard=false"])
-    run = Run(cfg, nt.data.load(ds))
-    run.start()
+    """trigger.py's run, keeping the checkpoints at steps 80 and 160 (so the report has explanation drift)."""
+    run = trigger_run(tmp_path_factory.mktemp("report"), save_every_n_steps=80)
     assert run.results["test"]["accuracy"] == 1.0
     return run
 

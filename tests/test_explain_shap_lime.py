@@ -12,7 +12,7 @@ from nbtune.explain.lime_text import explain_lime
 from nbtune.explain.model import ExplainModel
 from nbtune.explain.shap_text import explain_shap
 from nbtune.explain.types import ExplainError, split_words
-from tests.support.trigger import TRIGGER, trigger_model
+from tests.support.trigger import TRIGGER, load_trigger
 
 pytest.importorskip("shap")
 pytest.importorskip("lime")
@@ -25,8 +25,8 @@ METHODS = {"shap": lambda em, text, **kw: explain_shap(em, text, max_evals=kw.po
 
 
 @pytest.fixture(scope="module")
-def em(tmp_path_factory):
-    model, tokenizer, _run_dir, _results = trigger_model(tmp_path_factory.mktemp("trigger"))
+def em(trigger):
+    model, tokenizer = load_trigger(trigger.model_dir)
     return ExplainModel(model, tokenizer, "classification", ["alarm", "calm"])
 
 

@@ -14,7 +14,7 @@ from nbtune.explain.model import ExplainModel
 from nbtune.explain.types import Attribution, Target, Words
 from nbtune.ui.widgets.attention import CAPTION, MAX_TOKENS, STATIC, AttentionView, attention_payload
 from nbtune.ui.widgets.heatmap import TokenHeatmap
-from tests.support.trigger import FILLER, TRIGGER, trigger_model
+from tests.support.trigger import FILLER, TRIGGER, load_trigger
 
 TEXT = "the lamp zebra is on today"
 SPLIT = "the unbelievably quiet lamp zebra"        # "unbelievably" is several word pieces
@@ -22,8 +22,8 @@ HOSTILE = ["<img src=x onerror=window.__xss=1>", "<script>window.__xss=2</script
 
 
 @pytest.fixture(scope="module")
-def em(tmp_path_factory):
-    model, tokenizer, _run_dir, _results = trigger_model(tmp_path_factory.mktemp("trigger"))
+def em(trigger):
+    model, tokenizer = load_trigger(trigger.model_dir)
     return ExplainModel(model, tokenizer, "classification", ["alarm", "calm"])
 
 

@@ -7,14 +7,14 @@ import pytest
 
 from nbtune.explain import ExplainModel
 from nbtune.ui.panels.explain import ExplainPanel
-from tests.support.trigger import trigger_model
+from tests.support.trigger import load_trigger
 
 TEXT = "the lamp zebra is on today"
 
 
 @pytest.fixture(scope="module")
-def em(tmp_path_factory):
-    model, tokenizer, _, _ = trigger_model(tmp_path_factory.mktemp("trigger"))
+def em(trigger):
+    model, tokenizer = load_trigger(trigger.model_dir)
     return ExplainModel(model, tokenizer)
 
 
