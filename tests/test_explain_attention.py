@@ -10,28 +10,10 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from nbtune.explain.attention import NOT_AN_EXPLANATION, attention_maps, explain_attention, rollout
 from nbtune.explain.model import ExplainModel
 from nbtune.explain.types import ExplainError
+from tests.support.tiny_explain import tiny_explain_model as _tiny
 
 TEXT = "turn on the kitchen lights"
 SPLIT = "the unbelievably quiet lamp"      # "unbelievably" is several word pieces
-
-
-def _tiny(kind: str, seed: int = 0) -> ExplainModel:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
-    from transformers import AutoTokenizer
-
-    from nbtune.assets import resolve_model
-
-    resolved = resolve_model("tiny-llama" if kind == "causal-lm" else "tiny-bert")
-    torch.manual_seed(seed)
-    labels = None
-    if kind == "causal-lm":
-        model = AutoModelForCausalLM.from_config(resolved.config)
-    else:
-        resolved.config.num_labels = 3
-        auto = AutoModelForTokenClassification if kind == "token-classification" else AutoModelForSequenceClassification
-        model = auto.from_config(resolved.config)
-        labels = ["O", "B-LOC", "I-LOC"]
-    return ExplainModel(model.eval(), AutoTokenizer.from_pretrained(resolved.tokenizer_path), kind, labels)
 
 
 @pytest.fixture(scope="module")

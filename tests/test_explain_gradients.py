@@ -16,6 +16,7 @@ from nbtune.explain.gradients import WINDOW_OVERLAP, explain_grad_x_input, expla
 from nbtune.explain.model import ExplainModel
 from nbtune.explain.types import ExplainError
 from tests.support.trigger import TRIGGER, load_trigger
+from tests.support.tiny_explain import tiny_explain_model as _tiny
 
 pytest.importorskip("captum")
 
@@ -29,25 +30,6 @@ def em(trigger):
     model, tokenizer = load_trigger(trigger.model_dir)
     model.zero_grad(set_to_none=True)
     return ExplainModel(model, tokenizer, "classification", ["alarm", "calm"])
-
-
-def _tiny(kind: str, seed: int = 0):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
-    from transformers import AutoTokenizer
-
-    from nbtune.assets import resolve_model
-
-    resolved = resolve_model("tiny-llama" if kind == "causal-lm" else "tiny-bert")
-    torch.manual_seed(seed)
-    if kind == "causal-lm":
-        model = AutoModelForCausalLM.from_config(resolved.config)
-        labels = None
-    else:
-        resolved.config.num_labels = 3
-        auto = AutoModelForTokenClassification if kind == "token-classification" else AutoModelForSequenceClassification
-        model = auto.from_config(resolved.config)
-        labels = ["O", "B-LOC", "I-LOC"]
-    return ExplainModel(model.eval(), AutoTokenizer.from_pretrained(resolved.tokenizer_path), kind, labels)
 
 
 @pytest.mark.parametrize("text", SENTENCES)

@@ -20,9 +20,7 @@ import datetime as _dt
 import difflib
 import functools
 import json
-import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ from nbtune.explain.html import (agreement_html, attention_html, drift_html, esc
 from nbtune.explain.model import ExplainModel
 from nbtune.explain.shap_text import resolve_target
 from nbtune.explain.types import Attribution, ExplainError, Target
+from nbtune.fileio import atomic_write_text
 
 REPORT_FILENAME = "explain-report.html"
 METHOD_NAMES = ("shap", "lime", "ig", "grad_x_input", "attention")
@@ -144,18 +143,7 @@ class ReviewReport:
         if path.is_dir():
             path = path / REPORT_FILENAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                for part in self._parts():          # streamed: a big report is never held twice
-                    handle.write(part)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o644)                    # mkstemp makes it private; a report is meant to be shared
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, self._parts())   # streamed: a big report is never held twice
         return path
 
     # ---- rendering ----

@@ -13,8 +13,6 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -31,6 +29,7 @@ from nbtune.history import (
     summary,
 )
 from nbtune.ui.figures import DEFAULT_HEALTHY_BAND, run_figures
+from nbtune.fileio import atomic_write_text
 
 REPORT_FILENAME = "report.html"
 
@@ -193,21 +192,6 @@ def render_report(
     )
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write next to the target, then rename: a reader never sees half a report."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it private; a report is meant to be shared
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def write_report(
     run_dir: str | Path,
     out_path: str | Path | None = None,
@@ -229,5 +213,5 @@ def write_report(
     run_dir = source.parent if source.is_file() else source
     target = Path(out_path) if out_path is not None else run_dir / REPORT_FILENAME
     target.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(target, render_report(history, healthy_band=healthy_band))
+    atomic_write_text(target, render_report(history, healthy_band=healthy_band))
     return target
