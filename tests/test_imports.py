@@ -17,7 +17,8 @@ def test_engine_imports_no_ui_and_no_cuda():
     found = _python(f"""
 import json, sys
 import nbtune, nbtune.engine, nbtune.config, nbtune.assets, nbtune.history, nbtune.envcheck, nbtune.methods, nbtune.tune
-import nbtune.explain
+import nbtune.explain, nbtune.export, nbtune.export.pipeline, nbtune.export.onnx, nbtune.export.parity
+import nbtune.export.merge, nbtune.export.triton, nbtune.export.latency, nbtune.engine.launch, nbtune.engine.follow
 cfg = nbtune.RunConfig()
 import torch
 print(json.dumps({{"ui": sorted(m for m in sys.modules if m.split(".")[0] in {UI_MODULES!r}),

@@ -33,7 +33,15 @@ def build_accelerator(find_unused_parameters: bool = False):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no", kwargs_handlers=handlers)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no", kwargs_handlers=handlers)
+    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if kind in ("FSDP", "DEEPSPEED"):
+        # The loop prepares the model only (DDP's contract). FSDP would clip and save per shard and DeepSpeed
+        # would build no engine: ranks would drift apart and fail only at the end. Refuse before training.
+        from nbtune.config import ConfigError
+        raise ConfigError(f"accelerate was launched with {kind}, which nbtune does not support yet: use DDP "
+                          "(`accelerate launch --multi_gpu ...` or torchrun). See docs/scale-out.md.")
+    return accelerator
 
 
 def changes_trainable_set(cfg: RunConfig) -> bool:

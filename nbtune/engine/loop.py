@@ -207,7 +207,13 @@ def optimizer_step(run) -> dict:
 
 
 def _flush(run, pending: _Pending) -> None:
-    """One host transfer for all pending step records, then hand them to the sinks."""
+    """One host transfer for all pending step records, then hand them to the sinks.
+
+    Under several processes every rank reaches each flush at the same step (flushes follow the step count, the
+    epoch ends and the eval/save cadence, which all ranks share), so one all-gather per flush brings every
+    rank's per-step losses and sample/token counts to every rank: the records then carry `loss` = the mean over
+    ranks (what a 1-process run with gradient_accumulation_steps=W logs), `loss_by_rank`, `world_size`, and
+    throughput summed over ranks. A 1-process record is unchanged (no extra keys)."""
     if not pending.records:
         pending.since = time.perf_counter()
         return
@@ -215,7 +221,12 @@ def _flush(run, pending: _Pending) -> None:
     tensors = [r[k] for r in pending.records for k in ("loss", "grad_norm", "clipped")]
     tensors += [v for r in pending.records for v in r["grad_norm_groups"].values()]
     tensors += [v.reshape(()) for r in pending.records for v in r.get("methods", {}).values()]
-    values = iter(torch.stack([t.float() for t in tensors]).tolist())
+    world = run.accelerator.num_processes
+    stacked = torch.stack([t.float() for t in tensors])
+    if world > 1:
+        ranks = _gather_ranks(run, pending)  # (W * (n + 2),) float64: n step losses, samples, tokens per rank
+        stacked = torch.cat([stacked.double(), ranks])
+    values = iter(stacked.tolist())
     host = []
     for r in pending.records:
         host.append({**r, "loss": next(values), "grad_norm": next(values), "clipped": bool(next(values))})
@@ -226,16 +237,36 @@ def _flush(run, pending: _Pending) -> None:
             h["methods"] = {g: next(values) for g in h["methods"]}
         else:
             h.pop("methods", None)
+    samples, tokens = pending.samples, pending.tokens
+    if world > 1:
+        samples, tokens = _merge_ranks(host, list(values), world)
     every = run.cfg.train.log_every_n_steps
     for h in host:
         # Throughput is averaged over the flush window: per-step wall time is meaningless without a sync.
-        h.update(samples_per_second=pending.samples / elapsed, tokens_per_second=pending.tokens / elapsed,
-                 time=time.time())
+        h.update(samples_per_second=samples / elapsed, tokens_per_second=tokens / elapsed, time=time.time())
         if h["step"] % every == 0 or h["step"] == run.total_steps:
             run.emit(h)
     pending.records, pending.samples, pending.tokens = [], 0, 0
     pending.since = time.perf_counter()
     run.last_step_record = host[-1]
+
+
+def _gather_ranks(run, pending: _Pending) -> torch.Tensor:
+    """This rank's pending step losses (n,) and its sample and token counts, gathered from every rank in one
+    collective. float64 keeps token counts exact; the tensor stays on the device until the caller's transfer."""
+    mine = torch.cat([torch.stack([r["loss"].double() for r in pending.records]),
+                      torch.tensor([pending.samples, pending.tokens], dtype=torch.float64, device=run.device)])
+    return run.accelerator.gather(mine)  # (W * (n + 2),), rank-major
+
+
+def _merge_ranks(host: list[dict], gathered: list[float], world: int) -> tuple[int, int]:
+    """Put every rank's loss into the step records (mean over ranks as `loss`); returns the summed counts."""
+    n = len(host)
+    by_rank = [gathered[r * (n + 2):(r + 1) * (n + 2)] for r in range(world)]
+    for i, h in enumerate(host):
+        losses = [row[i] for row in by_rank]
+        h.update(loss=sum(losses) / world, loss_by_rank=losses, world_size=world)
+    return int(sum(row[n] for row in by_rank)), int(sum(row[n + 1] for row in by_rank))
 
 
 def _after_step(run, pending: _Pending, epoch_end: bool) -> None:

@@ -43,6 +43,7 @@ class Run:
 
         resolved = assets.resolve_model(config.model.name)
         self.tokenizer = build.load_tokenizer(config, resolved)
+        self.source_dataset = dataset  # what launch() hands to the processes it starts
         dataset, self.data_where = build.load_data(config, dataset)
         self.data = build.tokenize(config, dataset, self.tokenizer, self.data_where)
         self.dataset_fingerprint = self.data.fingerprint_source
@@ -324,6 +325,29 @@ class Run:
         starting LR beside the usual range. The run is unchanged afterwards; call it before training."""
         from nbtune.tune.lr_find import lr_find
         return lr_find(self, **options)
+
+    def launch(self, num_processes: int = 2, **options: Any) -> dict:
+        """Train this config in `num_processes` processes (DDP) through accelerate's notebook_launcher and return
+        rank 0's summary. The launched processes build their own runs from `self.cfg` (and the dataset this Run
+        was built with) and write to `self.run_dir` while nothing has been written there yet, so another cell can
+        follow them: `TrainPanel.follow(run.run_dir)`. This Run object is not trained and does not change; load
+        the result with `safetensors.torch.load_model(run.raw_model, <run_dir>/checkpoints/<last>/model.safetensors)`.
+        Limits (CUDA untouched in this kernel, one process per GPU): nbtune.engine.launch.launch.
+        Example: ``run.launch(2)["status"]`` -> 'finished'."""
+        from nbtune.engine.launch import launch
+        if options.get("dataset") is None and self.source_dataset is not None:
+            options["dataset"] = self.source_dataset  # the launched processes need the same rows
+        if "run_dir" not in options and not (self.run_dir / "metrics.jsonl").exists():
+            options["run_dir"] = self.run_dir
+        return launch(self.cfg, num_processes, **options)
+
+    def export(self, format: str = "onnx", quantize: str | None = "int8", output_dir: str | Path | None = None,
+               **options: Any):
+        """Merge adapters, export to ONNX (and int8), check parity with PyTorch on the test split, time both,
+        and write a Triton repository; returns the ExportReport, raises ParityError past a threshold. See
+        nbtune.export.pipeline.export_run for the options. Example: ``run.export("onnx", quantize="int8")``."""
+        from nbtune.export.pipeline import export_run
+        return export_run(self, format, quantize, output_dir, **options)
 
     def _close_sinks(self) -> None:
         for sink in self._sinks:

@@ -100,6 +100,33 @@ class TrainPanel:
         self._render_text()
         self.pump = run.add_sink(Pump(self._on_records, max_hz=max_hz))
 
+    @classmethod
+    def follow(cls, run_dir: Any, *, poll_s: float = 0.5, **options: Any) -> "TrainPanel":
+        """A read-only live panel over a run that other processes train (torchrun, accelerate launch,
+        `run.launch`): it tails `<run_dir>/metrics.jsonl` (waiting for it to appear) until the run's end record.
+        The controls are hidden (a distributed run is steered from its launcher); charts, status and advice work
+        as for a Run. `options` are TrainPanel's (smoothing, max_points, ...).
+
+        Example:
+            >>> TrainPanel.follow("runs/ddp")      # doctest: +SKIP
+        """
+        from nbtune.engine.follow import JsonlFollower
+        follower = JsonlFollower(run_dir, poll_s=poll_s)
+        panel = cls(follower, **options)
+        panel.follower = follower
+        c = panel.controls
+        c.finished()
+        for w in (c.lr_slider, c.clip_slider, c.weight_decay_box, c.target_dropdown):
+            w.disabled = True
+        c.widget.layout.display = "none"
+        panel.advice.actions_box.layout.display = "none"  # advice is shown; its actions would steer nothing
+        panel.follow_html = widgets.HTML(follow_html(follower.path))
+        panel.follow_html.add_class("nbtune-follow")
+        children = list(panel.widget.children)
+        panel.widget.children = tuple(children[:1] + [panel.follow_html] + children[1:])
+        follower.start()
+        return panel
+
     # ---- widgets tests and notebooks reach for ----
     @property
     def history(self) -> RunHistory:
@@ -209,7 +236,7 @@ def header_html(run: Any, history: RunHistory) -> str:
 def status_html(run: Any, history: RunHistory) -> str:
     state = getattr(run, "state", None)
     step = history.steps[-1] if history.steps else getattr(state, "step", 0)
-    total = (history.start or {}).get("total_steps") or getattr(run, "total_steps", "?")
+    total = (history.start or {}).get("total_steps") or getattr(run, "total_steps", None) or "?"
     status = (history.end or {}).get("status") or getattr(state, "status", "?")
     epoch = history.epoch[-1] if history.epoch and math.isfinite(history.epoch[-1]) else getattr(state, "epoch", 0)
     s = summary(history)
@@ -218,7 +245,12 @@ def status_html(run: Any, history: RunHistory) -> str:
     precision = getattr(getattr(run, "precision", None), "name", None) or (history.start or {}).get("precision")
     device = getattr(run, "device", None) or (history.start or {}).get("device")
     parts = [str(status), f"step {step}/{total}", f"epoch {float(epoch):.2f}",
-             f"ETA {eta_text(history, total)}", best, f"{device} · {precision}", memory_text(device)]
+             f"ETA {eta_text(history, total)}", best, f"{device} · {precision}"]
+    world = (history.start or {}).get("world_size")
+    if isinstance(world, int) and world > 1:
+        parts.append(f"{world} processes")
+    if not getattr(run, "read_only", False):  # a followed run's memory is another process's, not this one's
+        parts.append(memory_text(device))
     model = getattr(run, "raw_model", None)
     if model is not None:  # what trains now (unfreezing, adapters)
         params = list(model.parameters())
@@ -266,6 +298,16 @@ def memory_text(device: Any) -> str:
         except (OSError, ValueError, IndexError):
             return "memory n/a"
     return f"RSS {rss / 2**20:.0f} MiB"
+
+
+def follow_html(path: Any) -> str:
+    """The line a followed (read-only) panel shows under its header.
+
+        >>> follow_html("runs/<x>/metrics.jsonl")
+        '<i>following runs/&lt;x&gt;/metrics.jsonl (read-only: a distributed run is steered from its launcher)</i>'
+    """
+    return (f"<i>following {html.escape(str(path))} (read-only: a distributed run is steered from its "
+            f"launcher)</i>")
 
 
 def log_html(edits: list[dict[str, Any]], sent: list[str]) -> str:
