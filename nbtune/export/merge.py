@@ -133,9 +133,11 @@ def _write(run: Any, model: torch.nn.Module, target: Path) -> None:
                  json.dumps(_meta(run), indent=1, ensure_ascii=False), encoding="utf-8")),
              ("writing the model card README.md", lambda: (target / "README.md").write_text(
                  model_card(run), encoding="utf-8"))]
+    from nbtune.engine.build import _quiet_load  # no "Writing model shards" bar in the notebook
     for what, step in steps:
         try:
-            step()
+            with _quiet_load():
+                step()
         except Exception as exc:  # noqa: BLE001 - named and re-raised as the export error
             raise ExportError(f"save_merged: {what} failed ({type(exc).__name__}: {exc}); the target directory "
                               "was left as it was") from exc

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,9 +175,21 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
     onnx = _require("onnx")
     quant = _require("onnxruntime.quantization")
     dst = Path(dst)
-    quant.quantize_dynamic(str(src), str(dst), weight_type=quant.QuantType.QInt8, per_channel=True,
-                           extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    with _root_log_level(logging.ERROR):  # the quantiser's "consider pre-processing" advice goes to the root logger
+        quant.quantize_dynamic(str(src), str(dst), weight_type=quant.QuantType.QInt8, per_channel=True,
+                               extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return dst
+
+
+@contextlib.contextmanager
+def _root_log_level(level: int):
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(max(level, before))
+    try:
+        yield
+    finally:
+        root.setLevel(before)
 
 
 def optimize_graph(src: str | Path, dst: str | Path, config: Any = None) -> Path:
