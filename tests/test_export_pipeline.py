@@ -3,6 +3,7 @@ a LoRA SmolLM2 whose merged ONNX graph must continue 5 fixed prompts exactly as 
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -42,13 +43,19 @@ def test_classifier_export_writes_every_artifact_and_proves_parity(lora_classifi
     # latency: all three backends timed on the same rows and threads; speed-ups are ratios of those figures
     assert [t.backend for t in report.latency] == ["pytorch", "onnx-fp32", "onnx-int8"]
     assert len({(t.sequence_length, t.threads) for t in report.latency}) == 1
-    eager, onnx = report.latency_of("pytorch"), report.latency_of("onnx-fp32")
-    assert report.speedup("onnx-fp32", 1) == pytest.approx(eager.batch1_p50_ms / onnx.batch1_p50_ms)
+    eager, ort_fp32 = report.latency_of("pytorch"), report.latency_of("onnx-fp32")
+    assert report.speedup("onnx-fp32", 1) == pytest.approx(eager.batch1_p50_ms / ort_fp32.batch1_p50_ms)
     assert all(t.batch1_p95_ms >= t.batch1_p50_ms > 0 for t in report.latency)
     # files: merged HF directory, two graphs, a Triton repository that validates, report.json that round-trips
     out = tmp_path / "out"
     assert (out / "merged" / "model.safetensors").is_file() and (out / "merged" / "nbtune.json").is_file()
-    assert {m.name for m in validate_repository(report.files["triton"])} == {"tiny-bert", "tiny-bert_tensorrt"}
+    served, tensorrt = validate_repository(report.files["triton"])
+    assert (served.name, tensorrt.name) == ("tiny-bert", "tiny-bert_tensorrt")
+    assert served.model_file.read_bytes() == (out / "onnx-int8" / "model.onnx").read_bytes()
+    domains = {n.domain for n in onnx.load(str(tensorrt.model_file)).graph.node}
+    assert "com.microsoft" not in domains  # TensorRT gets the unfused fp32 graph: no ORT contrib ops
+    assert "com.microsoft" in {n.domain for n in onnx.load(report.files["onnx-fp32"]).graph.node}
+    assert not (out / "onnx" / "model-unfused.onnx").exists()
     saved = json.loads((out / "report.json").read_text())
     assert saved["passed"] is True and saved["speedups"]["onnx-int8"]["batch1"] == report.speedup("onnx-int8", 1)
     assert ExportReport.from_dict(saved) == report

@@ -60,11 +60,14 @@ def export_run(run: Any, format: str = "onnx", quantize: str | None = "int8", ou
 
     stage("exporting ONNX")
     fp32, int8 = out / "onnx" / "model.onnx", out / "onnx-int8" / "model.onnx"
+    unfused = out / "onnx" / "model-unfused.onnx"
     with tempfile.TemporaryDirectory(dir=out) as scratch:
         exported = export_onnx(model, run.tokenizer, task, Path(scratch) / "model.onnx", kv_cache=kv_cache)
         final = exported.path
         if optimize:
             final = optimize_graph(exported.path, Path(scratch) / "optimized.onnx", model.config)
+            if triton:  # TensorRT cannot run ORT's fused contrib ops: its variant serves the unfused graph
+                _move_graph(exported.path, unfused)
         if quantize:  # from the fused graph: int8 keeps the fused attention
             stage("quantising")
             _move_graph(quantize_int8(final, Path(scratch) / "int8.onnx"), int8)
@@ -102,11 +105,13 @@ def export_run(run: Any, format: str = "onnx", quantize: str | None = "int8", ou
             shutil.rmtree(repo)
         name = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(run.cfg.model.name).name) or "model"
         labels = run.data.label_names if task != "causal-lm" else None
-        write_triton_repository(served, repo, name, labels=labels)
+        write_triton_repository(served, repo, name, labels=labels,
+                                tensorrt_onnx_path=unfused if unfused.is_file() else fp32)
         validate_repository(repo)
+        unfused.unlink(missing_ok=True)  # copied into the repository; the export keeps one fp32 graph
         report.files["triton"] = str(repo)
         report.notes.append(f"Triton serves {'int8' if served != fp32 else 'fp32'} on CPU; the tensorrt variant "
-                            "needs a GPU server with TensorRT")
+                            "(the unfused fp32 graph, FP16 in TensorRT) needs a GPU server with TensorRT")
     report.files["report"] = str(out / "report.json")
     report.write(out / "report.json")
     stage("done")

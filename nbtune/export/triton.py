@@ -182,7 +182,8 @@ def _config(name: str, graph: _Graph, labelled: set[str], max_batch: int, batchi
 def write_triton_repository(onnx_path, repo_dir, model_name: str, *, max_batch_size: int | None = None,
                             labels: list[str] | None = None, preferred_batch_sizes=_DEFAULT_PREFERRED,
                             max_queue_delay_us: int = 2000, instance_count: int = 1, version: int = 1,
-                            tensorrt: bool = True, tensorrt_precision: str = "FP16") -> Path:
+                            tensorrt: bool = True, tensorrt_precision: str = "FP16",
+                            tensorrt_onnx_path=None) -> Path:
     """Write `repo_dir/<model_name>/{config.pbtxt, <version>/model.onnx[, labels.txt]}` (ONNX Runtime, CPU
     instances) and, with `tensorrt`, `repo_dir/<model_name>_tensorrt/` (the same file on GPU instances through
     ORT's TensorRT execution provider at `tensorrt_precision`). Inputs and outputs come from the ONNX graph.
@@ -192,6 +193,8 @@ def write_triton_repository(onnx_path, repo_dir, model_name: str, *, max_batch_s
     A causal LM with KV-cache inputs (`past_key_values.*`) gets `max_batch_size: 0`, full dims and no dynamic
     batching: requests carry caches of different past lengths, which cannot be stacked along dim 0. Serving many
     such streams well needs Triton's stateful sequence batching (cache kept server-side), which is out of scope.
+    `tensorrt_onnx_path`: the graph the tensorrt variant serves (default: `onnx_path`), for when the CPU model is
+    an int8 or ORT-fused graph whose contrib ops TensorRT cannot run; it must have the same inputs and outputs.
     `labels` go to labels.txt; an output of per-row class scores (B, C) names it as `label_filename` (Triton's
     classification extension); a tagger's (B, T, C) output does not, as that extension ranks one vector per row.
     Other versions already in the model folder are kept and must match the new config. Nothing is written if the
@@ -216,6 +219,7 @@ def write_triton_repository(onnx_path, repo_dir, model_name: str, *, max_batch_s
     batching = _batching(preferred_batch_sizes, max_queue_delay_us, max_batch)
     labelled = _labelled_outputs(labels, graph.outputs, where)
     variants = [(model_name, "KIND_CPU", None)]
+    sources = {model_name: onnx_path, f"{model_name}_tensorrt": Path(tensorrt_onnx_path or onnx_path)}
     if tensorrt:
         if tensorrt_precision not in TRT_PRECISIONS:
             raise TritonConfigError(f"{where}: tensorrt_precision {tensorrt_precision!r}; expected one of "
@@ -227,10 +231,11 @@ def write_triton_repository(onnx_path, repo_dir, model_name: str, *, max_batch_s
     for name, kind, accelerator in variants:  # check every config before any file is written
         text = _config(name, graph, labelled, max_batch, batching, kind, instance_count, accelerator)
         config_path = repo_dir / name / CONFIG
-        _check_config(_parse(text, config_path), name, graph, onnx_path, config_path, labels)
-        texts[name] = text
-    for name, text in texts.items():
-        _write_model_dir(repo_dir / name, onnx_path, graph.external, version, text, labels)
+        variant_graph = graph if sources[name] == onnx_path else _graph(sources[name], config_path)
+        _check_config(_parse(text, config_path), name, variant_graph, sources[name], config_path, labels)
+        texts[name] = (text, variant_graph)
+    for name, (text, variant_graph) in texts.items():
+        _write_model_dir(repo_dir / name, sources[name], variant_graph.external, version, text, labels)
         _validate_model_dir(repo_dir / name)  # older versions kept in the folder must fit the new config too
     return repo_dir
 
