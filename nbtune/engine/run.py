@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import sys
 import threading
 import time
 import traceback
@@ -79,6 +80,7 @@ class Run:
         self._queued_records: list[dict[str, Any]] = []
         self._sinks: list[MetricSink] = []
         self._thread: threading.Thread | None = None
+        self._done = threading.Event()  # set when a training ends (wait() blocks on it, not on Thread.join)
         self.run_dir = Path(run_dir) if run_dir else self._default_run_dir()
 
     # ---- data ----
@@ -110,6 +112,7 @@ class Run:
             raise RuntimeError("this run is already training; use run.control to pause or stop it")
         if self.state.status in ("finished", "running"):
             raise RuntimeError(f"this run is {self.state.status}; build a new Run to train again")
+        self._done.clear()
         if background:
             # copy_context: widget updates from the thread need the kernel's context (ipykernel >= 7.1).
             ctx = contextvars.copy_context()
@@ -123,11 +126,33 @@ class Run:
         return self
 
     def wait(self, timeout_s: float | None = None) -> "Run":
+        """Join the training thread; re-raises its error. A kernel interrupt (Ctrl+C, Jupyter's stop button)
+        while waiting is turned into Stop: the run saves a checkpoint and ends, then the interrupt goes on."""
         if self._thread is not None:
-            self._thread.join(timeout_s)
+            # Block on an Event, not on Thread.join: on Python 3.11 a join interrupted by Ctrl+C marks the thread
+            # as stopped while it still runs (CPython gh-90882), and the join after it would return at once.
+            try:
+                ended = self._done.wait(timeout_s)
+            except KeyboardInterrupt:
+                self._stop_after_interrupt()
+                raise
+            if ended:
+                self._thread.join()
         if self.error is not None:
             raise self.error
         return self
+
+    def _stop_after_interrupt(self) -> None:
+        # Signals reach only the main thread, which is here, waiting; the training thread never sees them.
+        self.control.stop()
+        while not self._done.is_set():
+            try:
+                self._done.wait()
+            except KeyboardInterrupt:  # a second interrupt while the checkpoint is written: finish it first
+                continue
+        self._thread.join()
+        print(f"nbtune: interrupted: training stopped at step {self.state.step} ({self.state.status}); "
+              f"the checkpoint is in {self.run_dir / 'checkpoints'}", file=sys.stderr)
 
     @property
     def is_running(self) -> bool:
@@ -153,6 +178,7 @@ class Run:
             self.emit({"kind": "end", "step": self.state.step, "status": self.state.status, "time": time.time(),
                        "message": message, "results": self.results})
             self._close_sinks()
+            self._done.set()
 
     def _check_ranks_agree(self) -> None:
         """Under DDP every rank must hold bit-identical weights at the end; a mismatch is a bug, not noise."""
