@@ -60,6 +60,9 @@ class ModelConfig:
     revision: str | None = _help("Hub revision (branch, tag or commit) when `name` is a hub id.", default=None)
     trust_remote_code: bool = _help("Run Python code shipped with a hub model. Off by default: it executes "
                                     "code from the model's repository.", default=False)
+    allow_pickle_weights: bool = _help("Load a model whose weights exist only as a pickle (pytorch_model.bin). Off "
+                                       "by default: weights load from safetensors, which cannot run code.",
+                                       default=False)
     init: str = _help("'pretrained' loads weights; 'random' builds the architecture with fresh weights.",
                       default="pretrained")
     config_overrides: dict = _help("Model config values to change before loading, e.g. {num_hidden_layers: 2} "
@@ -120,6 +123,23 @@ class TrainConfig:
                                       default=None)
     edits: list[dict] = _help("Scheduled edits [{step, name, value}], e.g. an LR change exported from a live run.",
                               default_factory=list)
+    skip_nonfinite_steps: bool = _help("Skip an optimizer step whose loss or gradient norm is NaN/inf: weights and "
+                                       "optimizer state stay as they were (decided on the device, no extra sync). "
+                                       "The step still counts and the LR schedule advances.", default=True)
+    max_consecutive_skips: int | None = _help("Stop with status 'diverged at step N' after this many skipped steps "
+                                              "in a row (fp16 overflow skips do not count); null never stops.",
+                                              default=5)
+    spike_factor: float | None = _help("Roll back when a step's loss exceeds this multiple of the loss EMA (e.g. "
+                                       "3.0): restore the newest checkpoint before the spike, scale the LR by "
+                                       "spike_lr_factor, leave the spike's batches out. Needs save_every_n_steps; "
+                                       "null turns spike detection off.", default=None)
+    spike_ema_steps: int = _help("Span N of the loss EMA that spikes are measured against (alpha = 2/(N+1)); no "
+                                 "spike is flagged before N losses were seen.", default=20)
+    spike_lr_factor: float = _help("Multiply the learning rate by this after each spike rollback.", default=0.5)
+    max_rollbacks: int = _help("Spike rollbacks allowed; one more spike stops the run as diverged.", default=3)
+    oom_backoff: bool = _help("On out-of-memory, halve the micro-batch and run each batch as that many chunks "
+                              "(same effective batch, same data), then retry; single process only.", default=True)
+    min_micro_batch_size: int = _help("Smallest micro-batch the OOM backoff tries before giving up.", default=1)
 
 
 @dataclass

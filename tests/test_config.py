@@ -66,3 +66,11 @@ def test_fingerprint_ignores_operational_keys_only():
     assert base.fingerprint() == base.with_overrides(["output_dir=/elsewhere", "train.progress_bar=false"]).fingerprint()
     assert base.fingerprint() != base.with_overrides(["train.seed=7"]).fingerprint()
     assert config_diff(base.to_dict(), base.with_overrides(["train.seed=7"]).to_dict()) == {"train.seed": (42, 7)}
+
+
+def test_a_checkpoint_config_from_before_new_fields_reads_as_their_defaults():
+    """state_io.check_compatible compares through RunConfig.from_dict: a checkpoint saved before a field existed
+    (here the guard's and the pickle-weights switch) is not refused for lacking it."""
+    old = RunConfig().to_dict()
+    del old["train"]["skip_nonfinite_steps"], old["train"]["oom_backoff"], old["model"]["allow_pickle_weights"]
+    assert RunConfig.from_dict(old).to_dict() == RunConfig().to_dict()

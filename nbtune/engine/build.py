@@ -248,7 +248,7 @@ def build_model(cfg: RunConfig, resolved, label_names: list[str], tokenizer) -> 
     with _explained_load_errors(cfg.model.name, "model"), _quiet_load():
         model = tasks.load_model(cfg.task, resolved.path, resolved.config, label_names, cfg.model.init,
                                  cfg.model.trust_remote_code, cfg.model.revision,
-                                 cfg.model.config_overrides)
+                                 cfg.model.config_overrides, cfg.model.allow_pickle_weights)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -81,8 +82,26 @@ def finalize(staging: Path, final: Path) -> Path:
 
 
 def verify(path: Path) -> dict:
-    """Check every file against the manifest; return the trainer state. Raises CheckpointError."""
+    """Check every file against the manifest; return the trainer state. Raises CheckpointError naming the file,
+    with the expected and actual SHA-256 for a damaged one, and the previous complete checkpoint to use instead.
+
+    Example:
+        >>> verify(Path("runs/demo/checkpoints/step-000120"))["state"]["step"]   # doctest: +SKIP
+        120
+    """
     path = Path(path)
+    try:
+        return _verify(path)
+    except CheckpointError as exc:
+        previous = _previous_complete(path)
+        if previous is None:
+            raise
+        raise CheckpointError(f"{exc}\nThe previous complete checkpoint is {previous} (step "
+                              f"{_verify(previous)['state']['step']}): resume from it with "
+                              f"Run.resume({str(previous)!r}).") from None
+
+
+def _verify(path: Path) -> dict:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise CheckpointError(f"{path}: no {MANIFEST}; the checkpoint is incomplete (was the save interrupted?)")
@@ -94,12 +113,28 @@ def verify(path: Path) -> dict:
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{file}: listed in the manifest but missing")
-        if file.stat().st_size != meta["bytes"] or sha256_file(file) != meta["sha256"]:
-            raise CheckpointError(f"{file}: contents do not match the SHA-256 in {MANIFEST} (corrupt or truncated)")
+        size = file.stat().st_size
+        actual = sha256_file(file)
+        if size != meta["bytes"] or actual != meta["sha256"]:
+            raise CheckpointError(
+                f"{file}: SHA-256 {actual} ({size} bytes) does not match the {meta['sha256']} ({meta['bytes']} "
+                f"bytes) recorded in {MANIFEST}: the file is corrupt or truncated")
     for required in ("model.safetensors", "state.pt", TRAINER_STATE):
         if required not in manifest.get("files", {}):
             raise CheckpointError(f"{path}: the manifest lists no {required}")
     return json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+
+
+def _previous_complete(path: Path) -> Path | None:
+    """The newest complete sibling checkpoint older than `path` (only looked for when `path` failed)."""
+    older = sorted((p for p in path.parent.glob("step-*") if p.name < path.name), reverse=True)
+    for candidate in older:
+        try:
+            _verify(candidate)
+            return candidate
+        except CheckpointError:
+            continue
+    return None
 
 
 def latest(run_dir: Path) -> Path | None:
@@ -109,11 +144,20 @@ def latest(run_dir: Path) -> Path | None:
         return None
     for candidate in sorted(root.glob("step-*"), reverse=True):
         try:
-            verify(candidate)
+            _verify(candidate)
             return candidate
         except CheckpointError:
             continue
     return None
+
+
+def remove_staging(root: Path) -> list[Path]:
+    """Delete the `.tmp-*` staging directories that interrupted saves left under `root` (a checkpoints dir).
+    Call it only when no save is in progress: on resume, or after this process's own save was renamed."""
+    stale = sorted(Path(root).glob(".tmp-*"))
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def prune(run_dir: Path, keep: int | None) -> None:
@@ -121,8 +165,7 @@ def prune(run_dir: Path, keep: int | None) -> None:
     root = Path(run_dir) / "checkpoints"
     if keep is None or not root.is_dir():
         return
-    for stale in root.glob(".tmp-*"):  # called after our own staging dir was renamed: these are from crashes
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_staging(root)  # called after our own staging dir was renamed: these are from crashes
     complete = sorted(root.glob("step-*"))
     for old in complete[:-keep] if keep > 0 else complete:
         shutil.rmtree(old, ignore_errors=True)
@@ -150,8 +193,30 @@ def set_rng_state(state: dict) -> None:
 
 
 def load_torch(path: Path) -> Any:
-    """torch.load restricted to tensors and plain containers: a crafted pickle cannot run code."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """torch.load restricted to tensors and plain containers: a crafted pickle cannot run code. There is no
+    fallback to weights_only=False, and torch older than 2.6 is refused (CVE-2025-32434 lets a file run code
+    through torch.load even with weights_only=True there). Errors are CheckpointErrors naming the file.
+
+    Example:
+        >>> load_torch(Path("runs/demo/checkpoints/step-000120/state.pt"))["scheduler"]["last_epoch"]  # doctest: +SKIP
+        120
+    """
+    from torch.torch_version import TorchVersion
+    if TorchVersion(torch.__version__) < (2, 6):
+        raise CheckpointError(f"{path}: refusing torch.load on torch {torch.__version__}: before 2.6 a crafted file "
+                              "can run code even with weights_only=True (CVE-2025-32434). Upgrade torch to >= 2.6; "
+                              "weights in .safetensors files are not affected.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        cause = next((line.strip() for line in str(exc).splitlines() if "Unpickler error" in line),
+                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise CheckpointError(f"{path}: unsafe pickle: weights-only load failed ({cause}). nbtune writes only "
+                              "tensors and plain values here and never retries with weights_only=False; "
+                              "this file was not written by nbtune or was altered.") from None
+    except (RuntimeError, EOFError, ValueError) as exc:  # torn zip archives, truncated pickles
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable torch file ({first})") from None
 
 
 def weights_digest(model: torch.nn.Module) -> str:

@@ -3,7 +3,8 @@
 One optimizer step = `gradient_accumulation_steps` micro-batches (fewer at the end of an epoch). Between
 micro-batches the loop polls Control, so pause/stop/checkpoint act within one micro-batch. Metrics stay on
 the device as tensors and are read to the host every `sync_every_n_steps` steps, so a CUDA run does not
-stall on a `.item()` each step.
+stall on a `.item()` each step. The guard (nbtune.engine.guard) skips non-finite steps on the device, reviews
+the steps at each flush (halt, spike rollback), and halves the micro-batch after an out-of-memory error.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 
 from nbtune.engine import tasks
 from nbtune.engine.batching import eval_batches
+from nbtune.engine.guard import GuardState, NoBatchSizeFitsError, is_out_of_memory, release
 
 
 @dataclass
@@ -28,7 +30,12 @@ class TrainState:
     window_figures: dict = field(default_factory=dict)  # the same for the methods' figures
     samples_seen: int = 0
     tokens_seen: int = 0
-    status: str = "ready"         # ready | running | paused | stopped | finished | error
+    status: str = "ready"         # ready | running | paused | stopped | finished | error | diverged at step N
+    guard: GuardState = field(default_factory=GuardState)  # skipped steps, rollbacks, loss EMA, OOM micro-batch
+
+    def __post_init__(self) -> None:
+        if isinstance(self.guard, dict):  # read back from trainer_state.json
+            self.guard = GuardState(**self.guard)
 
 
 @dataclass
@@ -48,8 +55,21 @@ def autocast(run) -> contextlib.AbstractContextManager:
 
 
 def train(run) -> str:
-    """Run until the planned steps are done or Control stops it. Returns the final status."""
-    st, cfg = run.state, run.cfg
+    """Run until the planned steps are done or Control stops it. Returns the final status.
+
+    An out-of-memory error leaves the loop with its traceback's frames cleared: a notebook keeps the last error,
+    and the frames of the failed step would otherwise keep its (CUDA) tensors alive until the kernel restarts."""
+    try:
+        return _train(run)
+    except RuntimeError as exc:  # torch.OutOfMemoryError and NoBatchSizeFitsError are RuntimeErrors
+        if isinstance(exc, NoBatchSizeFitsError) or is_out_of_memory(exc):
+            release(exc)
+        raise
+
+
+def _train(run) -> str:
+    """The loop itself, from wherever `run.state` is (a fresh run, a resume, a rollback's checkpoint)."""
+    st, cfg, guard = run.state, run.cfg, run.guard
     accum = cfg.train.gradient_accumulation_steps
     pending = _Pending()
     # Kept on the run so a mid-window checkpoint can save it; read to the host only then.
@@ -59,63 +79,87 @@ def train(run) -> str:
     run.model.train()
     _method_steps(run, start=True)  # the trainable set for this step (a resumed run starts where the first one was)
     while st.step < run.total_steps:
-        batches = run.epoch_plan(st.epoch)
+        batches = guard.plan(run, st.epoch)  # the epoch's batches, less any a spike rollback left out
         while st.batch_index < len(batches) and st.step < run.total_steps:
             if run.service_control():
-                _flush(run, pending)
+                _sync(run, pending)
                 return "stopped"
             if run.replan:  # a live sampler option (domain_mix.ratio) changed the batches from here on
-                batches, run.replan = run.epoch_plan(st.epoch), False
+                batches, run.replan = guard.plan(run, st.epoch), False
             window_len = min(accum, len(batches) - (st.batch_index - st.micro_step))
             last_micro = st.micro_step + 1 == window_len
             rows = batches[st.batch_index]
-            batch = run.collate(rows, run.data.rows["train"])
-            n_tokens = int(batch["attention_mask"].sum())  # counted on the host, before the copy
+            try:
+                loss, figures, n_tokens = forward_backward(run, rows, window_len, last_micro)
+            except Exception as exc:  # noqa: BLE001 - out of memory: halve the micro-batch, retry; others raise
+                if not guard.back_off(run, exc):
+                    raise
+                _restart_window(run, batches, pending)
+                continue
             pending.samples += len(rows)
             pending.tokens += n_tokens
             st.samples_seen += len(rows)
             st.tokens_seen += n_tokens
-            batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
-
-            # DDP all-reduces gradients only on the window's last micro-batch.
-            sync = contextlib.nullcontext() if last_micro else run.accelerator.no_sync(run.model)
-            with sync:
-                with autocast(run):
-                    loss, figures = training_loss(run, batch, rows)
-                    loss = loss / window_len
-                if run.scaler is not None:
-                    run.scaler.scale(loss).backward()
-                else:
-                    loss.backward()
-            window_loss += loss.detach()
+            window_loss += loss
             for name, value in figures.items():  # method figures: the window's mean, still on the device
-                value = torch.as_tensor(value, device=run.device).detach().float() / window_len
                 window_figures[name] = window_figures[name] + value if name in window_figures else value
             st.batch_index += 1
             st.micro_step += 1
             if not last_micro:
                 continue
 
-            record = optimizer_step(run)
+            record = optimizer_step(run, window_loss)
             st.step += 1
             _method_steps(run)
             st.micro_step = 0
             record.update(kind="step", step=st.step, epoch=st.epoch + st.batch_index / len(batches),
                           loss=window_loss.clone(), methods=window_figures)
+            guard.note_step(st.step, record.pop("skip"), record["loss"], st.epoch,
+                            batches[st.batch_index - window_len:st.batch_index])
             window_loss.zero_()
             run.window_figures = window_figures = {}
             pending.records.append(record)
             if st.step % cfg.train.sync_every_n_steps == 0 or st.step == run.total_steps:
-                _flush(run, pending)
+                _sync(run, pending)
             _after_step(run, pending, epoch_end=False)
+            if guard.verdict and (outcome := _obey_guard(run)):
+                return outcome
         if st.batch_index >= len(batches):
             st.epoch += 1
             st.batch_index = 0
             _method_steps(run)  # epoch-based schedules change at the boundary
-            _flush(run, pending)
+            _sync(run, pending)
             _after_step(run, pending, epoch_end=True)
-    _flush(run, pending)
+            if guard.verdict and (outcome := _obey_guard(run)):
+                return outcome
+    _sync(run, pending)
     return "finished"
+
+
+def _obey_guard(run) -> str | None:
+    """Act on the guard's verdict from the last flush. Too many skips end the run as diverged (the status names
+    the step). A spike rolls back to a checkpoint and training goes on from there, through a fresh `_train` as
+    after a resume; with no checkpoint before the spike it goes on where it is (None)."""
+    if run.guard.verdict == "halt":
+        run.guard.verdict = None  # taken: a deliberate restart goes on (and halts again on the next skip)
+        return run.guard.status(run)
+    return _train(run) if run.guard.roll_back(run) else None
+
+
+def _restart_window(run, batches: list[list[int]], pending: _Pending) -> None:
+    """After an out-of-memory backoff: drop the window's gradients, loss and counts, and start it again from its
+    first micro-batch at the smaller micro-batch size (the data is the same)."""
+    st, data = run.state, run.data.rows["train"]
+    start = st.batch_index - st.micro_step
+    for rows in batches[start:st.batch_index]:  # micro-batches already counted in this window
+        tokens = sum(len(data[i]["input_ids"]) for i in rows)  # what attention_mask.sum() counted
+        st.samples_seen -= len(rows)
+        st.tokens_seen -= tokens
+        pending.samples, pending.tokens = max(0, pending.samples - len(rows)), max(0, pending.tokens - tokens)
+    st.batch_index, st.micro_step = start, 0
+    run.optimizer.zero_grad(set_to_none=True)
+    run.window_loss.zero_()
+    run.window_figures.clear()
 
 
 def _method_steps(run, start: bool = False) -> None:
@@ -163,6 +207,39 @@ def training_loss(run, batch: dict, rows: list[int]) -> tuple[torch.Tensor, dict
     return total, figures
 
 
+def forward_backward(run, rows: list[int], window_len: int, last_micro: bool) -> tuple[torch.Tensor, dict, int]:
+    """Forward and backward for one planned micro-batch. Returns its share of the window loss (detached), its
+    method figures (the same share) and its token count. After an out-of-memory backoff the rows run as chunks of
+    the guard's micro-batch size, each loss weighted by the chunk's share, so the gradient is the whole batch's.
+
+    Example: ``loss, figures, n_tokens = forward_backward(run, [0, 1, 2, 3], window_len=1, last_micro=True)``
+    """
+    chunks = run.guard.chunks(run, rows)  # [(rows, 1.0)] unless a backoff lowered the micro-batch size
+    total, figures, n_tokens = None, {}, 0
+    for i, (part, weight) in enumerate(chunks):
+        run.guard.attempting = len(part)
+        batch = run.collate(part, run.data.rows["train"])
+        n_tokens += int(batch["attention_mask"].sum())  # counted on the host, before the copy
+        batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}  # each (B, T)
+        # DDP all-reduces gradients only on the window's last backward.
+        last = last_micro and i == len(chunks) - 1
+        sync = contextlib.nullcontext() if last else run.accelerator.no_sync(run.model)
+        with sync:
+            with autocast(run):
+                loss, parts = training_loss(run, batch, part)
+                loss = loss / window_len if weight == 1.0 else loss * weight / window_len
+            if run.scaler is not None:
+                run.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+        total = loss.detach() if total is None else total + loss.detach()
+        for name, value in parts.items():  # the window's mean, still on the device
+            value = torch.as_tensor(value, device=run.device).detach().float() / window_len
+            value = value if weight == 1.0 else value * weight
+            figures[name] = figures[name] + value if name in figures else value
+    return total, figures, n_tokens
+
+
 def compute_loss(run, batch: dict, keep: dict | None = None) -> torch.Tensor:
     """The model's own loss, or a class-weighted cross-entropy when the run has class weights."""
     weights = getattr(run, "class_weights", None)
@@ -179,8 +256,10 @@ def compute_loss(run, batch: dict, keep: dict | None = None) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=weights)
 
 
-def optimizer_step(run) -> dict:
-    """Unscale, measure pre-clip gradient norms per group, clip, step, schedule. Returns device tensors."""
+def optimizer_step(run, window_loss: torch.Tensor) -> dict:
+    """Unscale, measure pre-clip gradient norms per group, clip, step, schedule. Returns device tensors, and
+    `skip`: the guard's () bool flag (None when skipping is off); a skipped step leaves weights and optimizer
+    state untouched, and the scheduler advances on every step, skipped or not."""
     opt = run.optimizer
     if run.scaler is not None:
         run.scaler.unscale_(opt)
@@ -190,6 +269,7 @@ def optimizer_step(run) -> dict:
         if grads:
             group_norms[group["name"]] = torch.nn.utils.get_total_norm(grads)
     total = torch.nn.utils.get_total_norm(list(group_norms.values()))
+    skip = run.guard.skip_flag(total, window_loss)  # on the device: no sync
     clipped = torch.zeros((), dtype=torch.bool, device=total.device)
     if run.max_grad_norm is not None:
         params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
@@ -197,13 +277,19 @@ def optimizer_step(run) -> dict:
         clipped = total > run.max_grad_norm
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}  # the LR this step uses
     if run.scaler is not None:
-        run.scaler.step(opt)
+        run.scaler.step(opt)  # GradScaler skips a non-finite step itself (found_inf) and lowers its scale
         run.scaler.update()
     else:
-        opt.step()
+        run.guard.step(opt, skip)
     run.scheduler.step()
     opt.zero_grad(set_to_none=True)
-    return {"grad_norm": total, "grad_norm_groups": group_norms, "lr": lrs, "clipped": clipped}
+    return {"grad_norm": total, "grad_norm_groups": group_norms, "lr": lrs, "clipped": clipped, "skip": skip}
+
+
+def _sync(run, pending: _Pending) -> None:
+    """The guard reviews the pending steps (it may mark records `skipped` and set a verdict), then `_flush`."""
+    run.guard.review(run, pending.records)
+    _flush(run, pending)
 
 
 def _flush(run, pending: _Pending) -> None:
@@ -276,10 +362,12 @@ def _after_step(run, pending: _Pending, epoch_end: bool) -> None:
     due_eval = (epoch_end and every_eval is None) or (not epoch_end and every_eval and step % every_eval == 0)
     due_save = not epoch_end and t.save_every_n_steps and step % t.save_every_n_steps == 0
     if (due_eval or due_save) and not epoch_end:
-        _flush(run, pending)
+        _sync(run, pending)
+    if run.guard.verdict:  # a rollback or halt comes first: no evaluation or checkpoint of that state
+        return
     if due_eval and step < run.total_steps:  # the final evaluation is done by Run after the loop
         run.evaluate("validation")
-    if due_save:
+    if due_save and run.guard.safe_to_save(run):
         run.save_checkpoint()
     if due_eval or due_save:
         pending.since = time.perf_counter()  # keep eval/save time out of the throughput figures

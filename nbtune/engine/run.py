@@ -255,6 +255,15 @@ class Run:
         self.scaler = torch.amp.GradScaler("cuda") if self.precision.use_grad_scaler else None
         self.cfg.train.precision = name
 
+    @property
+    def guard(self):
+        """The divergence guard and out-of-memory backoff (nbtune.engine.guard.Guard), built on first use from
+        cfg.train; what it has done (skipped steps, rollbacks, micro-batch size) is in `run.state.guard`."""
+        if getattr(self, "_guard", None) is None:
+            from nbtune.engine.guard import Guard
+            self._guard = Guard(self.cfg.train, self.accelerator.num_processes)
+        return self._guard
+
     def trainable_count(self) -> int:
         return sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad)
 

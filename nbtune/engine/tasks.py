@@ -10,6 +10,7 @@ import copy
 import difflib
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -138,9 +139,11 @@ def _sft_row(tokenizer, messages: list[dict], max_length: int) -> dict:
 
 
 def load_model(task: str, path: str, config: Any, label_names: list[str], init: str, trust_remote_code: bool,
-               revision: str | None = None, overrides: dict | None = None) -> torch.nn.Module:
+               revision: str | None = None, overrides: dict | None = None,
+               allow_pickle_weights: bool = False) -> torch.nn.Module:
     """The model with the head the task needs. `config` is set for random-init presets; `overrides` change
-    config values (e.g. fewer layers) before the weights load."""
+    config values (e.g. fewer layers) before the weights load. Weights come from safetensors unless
+    `allow_pickle_weights` (model.allow_pickle_weights) admits a pickle-only pytorch_model.bin."""
     from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
                               AutoModelForTokenClassification)
     auto = {"classification": AutoModelForSequenceClassification, "token-classification":
@@ -156,8 +159,16 @@ def load_model(task: str, path: str, config: Any, label_names: list[str], init: 
         for k, v in {**head, **(overrides or {})}.items():
             setattr(config, k, v)
         return auto.from_config(config, trust_remote_code=trust_remote_code)
-    return auto.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision,
-                                **head, **(overrides or {}))
+    try:
+        return auto.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision,
+                                    use_safetensors=None if allow_pickle_weights else True,
+                                    **head, **(overrides or {}))
+    except OSError as exc:
+        if allow_pickle_weights or not (Path(path) / "pytorch_model.bin").is_file():
+            raise
+        raise OSError(f"{path} holds its weights only as a pickle (pytorch_model.bin), which can run code when "
+                      "loaded; nbtune loads safetensors. Convert it (save_pretrained writes safetensors), or set "
+                      "model.allow_pickle_weights=true if you trust the file.") from exc
 
 
 def score(task: str, logits: torch.Tensor, labels: torch.Tensor, label_names: list[str]) -> dict:
