@@ -19,6 +19,8 @@ CHART_WIDTH_PX = 520
 def chart_grid(figures: Iterable, width_px: int = CHART_WIDTH_PX) -> widgets.GridBox:
     figures = list(figures)
     for fig in figures:
-        fig.layout.width = width_px
+        # autosize off too: with it on, a resize message that reaches a chart while its cell has no size yet
+        # (a busy page) makes plotly.js fall back to 700 px, which a CI run caught in the tune panel.
+        fig.layout.width, fig.layout.autosize = width_px, False
     return widgets.GridBox(figures, layout={
         "grid_template_columns": f"repeat(auto-fill, minmax({width_px + 10}px, 1fr))"})
