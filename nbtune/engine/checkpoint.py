@@ -125,30 +125,26 @@ def _verify(path: Path) -> dict:
     return json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
 
 
-def _previous_complete(path: Path) -> Path | None:
-    """The newest complete sibling checkpoint older than `path` (only looked for when `path` failed)."""
-    older = sorted((p for p in path.parent.glob("step-*") if p.name < path.name), reverse=True)
-    for candidate in older:
+def _first_complete(candidates) -> Path | None:
+    """The first candidate directory that verifies (the caller orders them newest first)."""
+    for candidate in candidates:
         try:
             _verify(candidate)
             return candidate
         except CheckpointError:
             continue
     return None
+
+
+def _previous_complete(path: Path) -> Path | None:
+    """The newest complete sibling checkpoint older than `path` (only looked for when `path` failed)."""
+    return _first_complete(sorted((p for p in path.parent.glob("step-*") if p.name < path.name), reverse=True))
 
 
 def latest(run_dir: Path) -> Path | None:
     """The newest complete checkpoint under `run_dir/checkpoints` (incomplete ones are skipped)."""
     root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return None
-    for candidate in sorted(root.glob("step-*"), reverse=True):
-        try:
-            _verify(candidate)
-            return candidate
-        except CheckpointError:
-            continue
-    return None
+    return _first_complete(sorted(root.glob("step-*"), reverse=True)) if root.is_dir() else None
 
 
 def remove_staging(root: Path) -> list[Path]:

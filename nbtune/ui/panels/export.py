@@ -295,9 +295,7 @@ def parity_table_html(report: ExportReport) -> str:
         cells["checks"] = _checks_html(report, p)
         rows.append(f'<tr data-variant="{e(p.variant)}">'
                     + "".join(f'<td data-col="{k}">{v}</td>' for k, v in cells.items()) + "</tr>")
-    return ("<b>Parity with PyTorch</b>"
-            '<table class="nbtune-export-parity-table" style="font-size:12px"><thead><tr>'
-            + "".join(f"<th>{e(h)}</th>" for h in head) + f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    return _table_html("Parity with PyTorch", "nbtune-export-parity-table", head, rows)
 
 
 def latency_table_html(report: ExportReport) -> str:
@@ -318,9 +316,15 @@ def latency_table_html(report: ExportReport) -> str:
                  "tokens": str(int(t.sequence_length)), "threads": str(int(t.threads))}
         rows.append(f'<tr data-backend="{e(t.backend)}">'
                     + "".join(f'<td data-col="{k}">{v}</td>' for k, v in cells.items()) + "</tr>")
-    return ("<b>Latency</b>"
-            '<table class="nbtune-export-latency-table" style="font-size:12px"><thead><tr>'
-            + "".join(f"<th>{e(h)}</th>" for h in head) + f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    return _table_html("Latency", "nbtune-export-latency-table", head, rows)
+
+
+def _table_html(title: str, css_class: str, head: list[str], rows: list[str]) -> str:
+    """A titled table; `head` is escaped here, `rows` are <tr> strings whose cells the caller escaped."""
+    return (f"<b>{html.escape(title)}</b>"
+            f'<table class="{css_class}" style="font-size:12px"><thead><tr>'
+            + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+            + f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
 def files_html(report: ExportReport) -> str:
