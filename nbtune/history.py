@@ -51,6 +51,8 @@ class RunHistory:
     evals: list[dict[str, Any]] = field(default_factory=list)
     edits: list[dict[str, Any]] = field(default_factory=list)
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    # The divergence guard's and OOM backoff's events (skipped steps, halts, rollbacks, backoffs), in order.
+    guard: list[dict[str, Any]] = field(default_factory=list)
     start: dict[str, Any] | None = None
     end: dict[str, Any] | None = None
     # True when the last line was cut off mid-write (a crash) and was skipped.
@@ -168,6 +170,8 @@ class HistoryBuilder:
             history.edits.append({k: v for k, v in record.items() if k != "kind"})
         elif kind == "checkpoint":
             history.checkpoints.append({k: v for k, v in record.items() if k != "kind"})
+        elif kind == "guard":
+            history.guard.append({k: v for k, v in record.items() if k != "kind"})
         elif kind == "start":
             # Keep the first start (the run's identity); a start after an end means it resumed.
             if history.start is None:
@@ -396,6 +400,31 @@ def edit_label(edit: dict[str, Any]) -> str:
     if old is None and new is None:
         return head
     return f"{head} {format_value(old)} -> {format_value(new)}"
+
+
+def guard_label(event: dict[str, Any]) -> str:
+    """One line describing a guard event (engine/guard.py), as listed in the panel's log and in reports.
+
+        >>> guard_label({"step": 50, "event": "nan_skipped", "reason": "loss", "skipped_steps": 1})
+        'step 50: step skipped (non-finite loss; 1 skipped so far)'
+        >>> guard_label({"step": 64, "event": "oom_backoff", "failed_micro_batch_size": 64, "micro_batch_size": 32,
+        ...              "gradient_accumulation_steps": 2, "effective_batch_size": 64})
+        'step 64: out of memory at micro-batch 64 -> 32 x 2 accumulation (effective batch 64)'
+    """
+    step, name = event.get("step", "?"), event.get("event", "guard")
+    if name == "nan_skipped":
+        reason = {"loss": "non-finite loss", "gradient": "non-finite gradient",
+                  "overflow": "fp16 overflow, loss scale lowered"}.get(event.get("reason"), str(event.get("reason")))
+        return f"step {step}: step skipped ({reason}; {event.get('skipped_steps', '?')} skipped so far)"
+    if name == "spike_rollback":
+        return (f"step {step}: loss spike {format_value(event.get('ratio'))}x its average, rolled back to step "
+                f"{event.get('restored_step', '?')}, lr -> {format_value(event.get('lr'))}")
+    if name == "oom_backoff":
+        return (f"step {step}: out of memory at micro-batch {event.get('failed_micro_batch_size')} -> "
+                f"{event.get('micro_batch_size')} x {event.get('gradient_accumulation_steps')} accumulation "
+                f"(effective batch {event.get('effective_batch_size')})")
+    message = event.get("message")
+    return f"step {step}: {name.replace('_', ' ')}" + (f": {message}" if message else "")
 
 
 def decimate_minmax(xs: list[float], ys: list[float], max_points: int = 5000) -> tuple[list[float], list[float]]:

@@ -269,3 +269,30 @@ def test_static_snapshot_replaces_the_placeholder_when_the_run_ends(tmp_path, mo
     png = base64.b64decode(bundle["image/png"])
     assert png.startswith(b"\x89PNG") and 10_000 < len(png) < 400_000, len(png)
     assert "step 5 of 5" in bundle["text/plain"] and "tiny-bert" in bundle["text/plain"]
+
+
+def test_guard_events_are_listed_in_the_panel_and_the_report(tmp_path):
+    """A NaN loss at step 7 is skipped by the guard: the panel's status counts it, its log lists it (escaped
+    text), and the HTML report of the same run has a guard table."""
+    from nbtune.history import read_history
+    from nbtune.ui.report import render_report
+    run = _run(tmp_path, "train.max_steps=12", "train.sync_every_n_steps=4")
+
+    def hook(module, args, kwargs, out):
+        if run.state.step + 1 == 7:
+            out.loss = out.loss * float("nan")
+        return out
+    run.model.register_forward_hook(hook, with_kwargs=True)
+    panel = TrainPanel(run)
+    panel.start_button.click()
+    run.wait()
+    panel.close()
+
+    assert panel.error is None and run.state.step == 12 and run.state.guard.skipped_steps == 1
+    [event] = panel.history.guard
+    assert (event["step"], event["event"], event["reason"]) == (7, "nan_skipped", "loss")
+    assert "1 step skipped (non-finite)" in panel.status_html.value
+    assert "<b>Guard</b> (1 event)" in panel.log_html.value
+    assert "step 7: step skipped (non-finite loss; 1 skipped so far)" in panel.log_html.value
+    page = render_report(read_history(run.run_dir))
+    assert "<h2>Guard events</h2>" in page and "step 7: step skipped (non-finite loss" in page

@@ -25,6 +25,7 @@ from nbtune.history import (
     edit_label,
     final_evals,
     format_value,
+    guard_label,
     read_history,
     summary,
 )
@@ -132,6 +133,13 @@ def _edits_section(history: RunHistory) -> str:
     return "<h2>Live edits</h2>" + _table(("step", "name", "old", "new", "as drawn"), rows)
 
 
+def _guard_section(history: RunHistory) -> str:
+    if not history.guard:
+        return ""
+    rows = [(e.get("step"), e.get("event"), guard_label(e)) for e in history.guard]
+    return "<h2>Guard events</h2>" + _table(("step", "event", "what happened"), rows)
+
+
 def _checkpoints_section(history: RunHistory) -> str:
     if not history.checkpoints:
         return ""
@@ -180,6 +188,7 @@ def render_report(
         _summary_section(info),
         _evals_section(history),
         _edits_section(history),
+        _guard_section(history),
         _charts_section(history, healthy_band),
         _checkpoints_section(history),
         _config_section(history.start),

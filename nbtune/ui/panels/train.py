@@ -28,7 +28,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from nbtune.advisor import advise
-from nbtune.history import HistoryBuilder, RunHistory, decimate_minmax, edit_label, summary
+from nbtune.history import HistoryBuilder, RunHistory, decimate_minmax, edit_label, guard_label, summary
 from nbtune.ui import figures
 from nbtune.ui.panels.train_controls import AdviceView, ControlBar
 from nbtune.ui.runner import Pump
@@ -191,7 +191,7 @@ class TrainPanel:
             self.start_button.disabled = True  # started from code: the button must not start it twice
         self.header_html.value = header_html(self.run, self.history)
         self.status_html.value = status_html(self.run, self.history)
-        self.log_html.value = log_html(self.history.edits, self.sent)
+        self.log_html.value = log_html(self.history.edits, self.sent, self.history.guard)
 
     def _run_advisor(self) -> None:
         self.show_advice(advise(self.history))
@@ -203,7 +203,7 @@ class TrainPanel:
     def _sent(self, text: str) -> None:
         with self._lock:
             self.sent.append(text)
-            self.log_html.value = log_html(self.history.edits, self.sent)
+            self.log_html.value = log_html(self.history.edits, self.sent, self.history.guard)
 
     def _command_error(self, exc: BaseException) -> None:
         self.show_error(f"command refused: {type(exc).__name__}: {exc}", None)
@@ -246,6 +246,9 @@ def status_html(run: Any, history: RunHistory) -> str:
     device = getattr(run, "device", None) or (history.start or {}).get("device")
     parts = [str(status), f"step {step}/{total}", f"epoch {float(epoch):.2f}",
              f"ETA {eta_text(history, total)}", best, f"{device} · {precision}"]
+    skipped = sum(1 for e in history.guard if e.get("event") == "nan_skipped")
+    if skipped:
+        parts.append(f"{skipped} step{'s' if skipped != 1 else ''} skipped (non-finite)")
     world = (history.start or {}).get("world_size")
     if isinstance(world, int) and world > 1:
         parts.append(f"{world} processes")
@@ -310,12 +313,21 @@ def follow_html(path: Any) -> str:
             f"launcher)</i>")
 
 
-def log_html(edits: list[dict[str, Any]], sent: list[str]) -> str:
+def log_html(edits: list[dict[str, Any]], sent: list[str], guard: list[dict[str, Any]] = ()) -> str:
+    """The interventions log: edits applied, edits sent from this panel, and the guard's events (skipped steps,
+    halts, rollbacks, OOM backoffs), newest last.
+
+        >>> log_html([], [], [{"step": 5, "event": "nan_skipped", "reason": "loss", "skipped_steps": 1}])
+        '<b>Interventions</b> (0 applied)<ol></ol><b>Guard</b> (1 event)<ol class="guard"><li>step 5: step skipped (non-finite loss; 1 skipped so far)</li></ol>'
+    """
     applied = "".join(f"<li>{html.escape(edit_label(e))}</li>" for e in edits[-MAX_LOG_LINES:])
     queued = "".join(f"<li>{html.escape(s)}</li>" for s in sent[-MAX_LOG_LINES:])
+    events = "".join(f"<li>{html.escape(guard_label(e))}</li>" for e in guard[-MAX_LOG_LINES:])
     return (f"<b>Interventions</b> ({len(edits)} applied)<ol>{applied}</ol>"
             + (f"<details><summary>sent from this panel ({len(sent)})</summary><ul>{queued}</ul></details>"
-               if sent else ""))
+               if sent else "")
+            + (f"<b>Guard</b> ({len(guard)} event{'s' if len(guard) != 1 else ''})<ol class=\"guard\">{events}</ol>"
+               if guard else ""))
 
 
 # ---- figure sync ----
