@@ -141,19 +141,41 @@ def _previous_complete(path: Path) -> Path | None:
     return _first_complete(sorted((p for p in path.parent.glob("step-*") if p.name < path.name), reverse=True))
 
 
+def moved_aside_name(path: Path) -> str:
+    """`.old-step-000015-4242` (a complete checkpoint `finalize` moved aside to replace it) -> `step-000015`."""
+    return path.name[len(".old-"):].rsplit("-", 1)[0]
+
+
 def latest(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint under `run_dir/checkpoints` (incomplete ones are skipped)."""
+    """The newest complete checkpoint under `run_dir/checkpoints` (incomplete ones are skipped). A checkpoint that
+    a crash left moved aside in the middle of being replaced by one of the same step counts too (it is complete;
+    `tidy` renames it back). Read-only: safe while another process saves."""
     root = Path(run_dir) / "checkpoints"
-    return _first_complete(sorted(root.glob("step-*"), reverse=True)) if root.is_dir() else None
+    if not root.is_dir():
+        return None
+    candidates = [(p.name, 1, p) for p in root.glob("step-*")]
+    candidates += [(moved_aside_name(p), 0, p) for p in root.glob(".old-step-*")]
+    return _first_complete(p for _, _, p in sorted(candidates, key=lambda c: c[:2], reverse=True))
 
 
-def remove_staging(root: Path) -> list[Path]:
-    """Delete the `.tmp-*` staging directories that interrupted saves left under `root` (a checkpoints dir).
-    Call it only when no save is in progress: on resume, or after this process's own save was renamed."""
-    stale = sorted(Path(root).glob(".tmp-*"))
-    for path in stale:
+def tidy(root: Path) -> dict[Path, Path]:
+    """Clear what interrupted saves left under `root` (a checkpoints dir): delete `.tmp-*` staging directories,
+    and put back a checkpoint moved aside as `.old-step-N-PID` unless a complete `step-N` replaced it.
+    Returns {moved-aside path: where it is now}. Call it only when no save is in progress: on resume, or after
+    this process's own save was renamed."""
+    for path in sorted(Path(root).glob(".tmp-*")):
         shutil.rmtree(path, ignore_errors=True)
-    return stale
+    restored: dict[Path, Path] = {}
+    for old in sorted(Path(root).glob(".old-step-*")):
+        target = old.parent / moved_aside_name(old)
+        if _first_complete([old]) is None or _first_complete([target]) is not None:
+            shutil.rmtree(old, ignore_errors=True)  # damaged, or its replacement is complete
+        else:
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(old, target)
+            _fsync_dir(old.parent)
+            restored[old] = target
+    return restored
 
 
 def prune(run_dir: Path, keep: int | None) -> None:
@@ -161,7 +183,7 @@ def prune(run_dir: Path, keep: int | None) -> None:
     root = Path(run_dir) / "checkpoints"
     if keep is None or not root.is_dir():
         return
-    remove_staging(root)  # called after our own staging dir was renamed: these are from crashes
+    tidy(root)  # called after our own staging dir was renamed: these are from crashes
     complete = sorted(root.glob("step-*"))
     for old in complete[:-keep] if keep > 0 else complete:
         shutil.rmtree(old, ignore_errors=True)

@@ -106,8 +106,11 @@ def load_run_state(run, path: Path) -> None:
     CheckpointError naming it and leaves the run as it was, never half-restored."""
     saved = ckpt.verify(path)
     check_compatible(run, saved, path)
-    if run.accelerator.is_main_process:
-        ckpt.remove_staging(path.parent)  # left by saves a crash interrupted; no save runs while we resume
+    if run.accelerator.is_main_process:  # left by saves a crash interrupted; no save runs while we resume
+        ckpt.tidy(path.parent)
+    if path.name.startswith(".old-"):  # a checkpoint a crash left moved aside: rank 0 just put it back in place
+        run.accelerator.wait_for_everyone()
+        path = path.parent / ckpt.moved_aside_name(path)
     rank = run.accelerator.process_index
     states = ckpt.load_torch(path / "state.pt")
     missing = [k for k in STATE_KEYS if not isinstance(states, dict) or k not in states]

@@ -4,6 +4,7 @@ Scaled like group A: tiny-bert on 64 trec rows, batch 8, a checkpoint every 5 st
 checkpoint at step 125 is step 10 here, and its step-150 save is the step-15 save.
 """
 import json
+import os
 import random
 import shutil
 import time
@@ -114,6 +115,31 @@ def test_B1_100_random_crashes(writer):
     got = [step for step, _ in outcomes]
     print(f"B1: 100 crashes over {len(set(trials))} of {len(writer['points'])} fault points: step 10 kept "
           f"{got.count(10)}x, complete step 15 {got.count(15)}x")
+
+
+def test_B1_crash_while_replacing_a_checkpoint_of_the_same_step(writer):
+    """"Checkpoint now" twice at one step: the complete step-15 is moved aside as `.old-step-000015-PID` before the
+    new one is renamed in. A crash between the two renames leaves no `step-000015`; the next start must still find
+    the moved-aside (complete) one, put it back, and resume from step 15, not fall back to step 10."""
+    run, root = writer["run"], writer["root"]
+    run.save_checkpoint()  # save_total_limit=2: this first save of step 15 prunes step 5
+
+    def resave():
+        ckpt.set_rng_state(writer["rng"])
+        with fault_points(at=f"after rename .old-step-000015-{os.getpid()}"):
+            run.save_checkpoint()
+        return "the fault point was never reached"
+
+    crashed = in_fork(resave)
+    assert crashed.returncode == CRASH_EXIT, (crashed.value, crashed.error)
+    [aside] = root.glob(".old-step-000015-*")
+    assert not (root / "step-000015").exists() and list(root.glob(".tmp-*"))   # the new save's staging is left
+    assert ckpt.latest(root.parent) == aside                                     # complete, and newer than 10
+    writer["probe"].load_checkpoint(aside)
+    assert writer["probe"].state.step == 15
+    assert sorted(p.name for p in root.iterdir()) == ["step-000010", "step-000015"]   # put back, staging cleared
+    assert ckpt.latest(root.parent) == root / "step-000015"
+    _reset(root, writer["tmp"])
 
 
 # --------------------------------------------------------------------------------------------- B2: disk full
