@@ -20,7 +20,8 @@ def _barrier(run) -> None:
 
 def save_run_state(run) -> Path:
     """Rank 0 writes weights and optimizer state; every rank writes its RNG and any partial gradients. A failed
-    write (disk full, ...) removes the staging directory and raises CheckpointError naming the step kept."""
+    write (disk full, ...) on any rank removes the staging directory and raises CheckpointError on every rank,
+    naming the step kept: the ranks agree on the outcome instead of waiting at a barrier for a rank that failed."""
     st, acc = run.state, run.accelerator
     st.window_loss = float(run.window_loss)
     st.window_figures = {k: float(v) for k, v in getattr(run, "window_figures", {}).items()}
@@ -31,23 +32,45 @@ def save_run_state(run) -> Path:
         staging.mkdir(parents=True)
     _barrier(run)
     try:
-        _write_files(run, staging)
-        _barrier(run)
-        if acc.is_main_process:
-            ckpt.finalize(staging, final)
-    except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)  # never leave a partial step directory behind
-        if not isinstance(exc, Exception):
-            raise
+        failed = _failures(run, _attempt(_write_files, run, staging))
+        if not failed:
+            failed = _failures(run, _attempt(ckpt.finalize, staging, final) if acc.is_main_process else None)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # an interrupt: never leave a partial step directory behind
+        raise
+    if failed:
+        if acc.is_main_process:  # every rank is past its writes (they all reached the agreement)
+            shutil.rmtree(staging, ignore_errors=True)
         kept = ckpt.latest(run.run_dir)
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
         keeping = f"kept step {int(kept.name.split('-')[1])} ({kept})" if kept else "no earlier checkpoint to keep"
-        raise ckpt.CheckpointError(f"checkpoint save failed: {reason} — {keeping}; the step-{st.step} save was "
-                                   f"removed") from exc
+        reasons = "; ".join(why if acc.num_processes == 1 else f"rank {rank}: {why}" for rank, why, _ in failed)
+        raise ckpt.CheckpointError(f"checkpoint save failed: {reasons} — {keeping}; the step-{st.step} save was "
+                                   f"removed") from failed[0][2]
     if acc.is_main_process:
         ckpt.prune(run.run_dir, run.cfg.train.save_total_limit)
     _barrier(run)
     return final
+
+
+def _attempt(fn, *args) -> Exception | None:
+    """Run one part of a save; the error it raised, or None."""
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001 - every rank must reach the agreement that follows, whatever failed
+        return exc
+    return None
+
+
+def _failures(run, error: Exception | None) -> list[tuple[int, str, Exception | None]]:
+    """Every rank's error from the same part of a save, known to all ranks after one gather: (rank, reason, the
+    error where it is this rank's). With one process, just this one."""
+    reason = None if error is None else (error.strerror if isinstance(error, OSError) and error.strerror
+                                         else (str(error).strip().splitlines() or [type(error).__name__])[0])
+    if run.accelerator.num_processes == 1:
+        return [] if error is None else [(0, reason, error)]
+    from accelerate.utils import gather_object
+    rank = run.accelerator.process_index
+    return [(r, why, error if r == rank else None) for r, why in enumerate(gather_object([reason])) if why is not None]
 
 
 def _write_files(run, staging: Path) -> None:
