@@ -67,7 +67,6 @@ BAD_CASES = [
     ("binary.csv", {}, ["binary.csv, line 1", "a PNG image, not text"]),
     (_parquet_named_csv, {}, ["export.csv, line 1", 'a Parquet file (pass format="parquet")']),
     ("commas.tsv", {}, ["line 1", "comma-separated", 'format="csv"']),
-    ("semicolons.csv", {}, ["line 1", "semicolon", "sep=';'"]),
     ("missing_tag.conll", {}, ["line 5", "'Paris' (the tag is missing)"]),
     ("tag_only.conll", {}, ["line 3", "a tag 'B-MISC' with no token"]),
     ("tokens_tags_mismatch.jsonl", {"tokens": "tokens"}, ["line 2, column 'tags'", "3 tokens and 2 tags"]),

@@ -24,7 +24,8 @@ _INT = re.compile(r"[+-]?\d+")
 
 
 class DataLoadWarning(UserWarning):
-    """Rows were skipped under strict=False; the message is the LoadReport's summary."""
+    """Rows were skipped under strict=False (the message is the LoadReport's summary and where), or labels were
+    converted (whole-number floats read as class names)."""
 
 
 @dataclass
@@ -39,6 +40,9 @@ class LoadReport:
     skipped: list[SkippedRow]
     columns: dict[str, str]
     splits: dict[str, int] = field(default_factory=dict)
+    delimiter: str | None = None    # a CSV delimiter detected from the header (None: the format's own)
+    blank_lines: int = 0            # blank lines skipped (not rows, so not in rows_read)
+    notes: list[str] = field(default_factory=list)  # what else the reader decided: delimiter, format, conversions
 
     def summary(self) -> str:
         """One line, e.g. 'read 120 rows, kept 117, skipped 3 (2 empty label, 1 bad JSON) from tickets.jsonl'."""
@@ -48,6 +52,16 @@ class LoadReport:
             text += f", skipped {len(self.skipped)} ({', '.join(f'{n} {r}' for r, n in reasons)})"
         return f"{text} from {self.source}"
 
+    def skipped_rows(self) -> str:
+        """Where rows were left out, e.g. 'skipped 1 of 1000 rows (line 4)' (the first 5 places); '' if none."""
+        if not self.skipped:
+            return ""
+        by_line = all(s.line is not None for s in self.skipped)  # files: physical lines; in-memory data: rows
+        places = sorted(p for p in (s.line if by_line else s.row for s in self.skipped) if p is not None)
+        kind = ("line" if by_line else "row") + ("s" if len(places) > 1 else "")
+        where = f" ({kind} {', '.join(map(str, places[:5]))}{', ...' if len(places) > 5 else ''})" if places else ""
+        return f"skipped {len(self.skipped)} of {self.rows_read} rows{where}"
+
     def _repr_html_(self) -> str:
         e = html.escape
         cells = ["line", "row", "reason", "detail"]
@@ -55,7 +69,10 @@ class LoadReport:
                                         for c in cells) + "</tr>" for s in self.skipped[:50])
         table = f"<table><tr>{''.join(f'<th>{c}</th>' for c in cells)}</tr>{rows}</table>" if rows else ""
         more = f"<p>... and {len(self.skipped) - 50} more skipped rows</p>" if len(self.skipped) > 50 else ""
-        return (f"<div class='nbtune-load-report'><b>{e(self.summary())}</b><br>format: {e(self.format)}; encoding: "
+        lines = [x for x in (self.skipped_rows(), *self.notes) if x]
+        notes = "".join(f"<br>{e(x)}" for x in lines)
+        return (f"<div class='nbtune-load-report'><b>{e(self.summary())}</b>{notes}<br>format: {e(self.format)}; "
+                f"encoding: "
                 f"{e(str(self.encoding))}{' (BOM)' * self.bom}; columns: "
                 f"{e(', '.join(f'{k} <- {v}' for k, v in self.columns.items()))}; splits: "
                 f"{e(', '.join(f'{k}: {n}' for k, n in self.splits.items()))}{table}{more}</div>")
@@ -90,13 +107,22 @@ def load(source, *, text: str = "text", label: str | None = "label", text_pair: 
 
 def _attach(out, src: _Source, problems: Problems, cols: dict[str, str]):
     kept = sum(len(d) for d in out.values())
+    delimiter, blank = src.notes.get("delimiter"), src.notes.get("blank_lines", 0)
+    notes = [f"detected the delimiter {delimiter!r}: the header line has no comma"] * bool(delimiter)
+    notes += [f"skipped {blank} blank line{'s' * (blank > 1)}"] * bool(blank)
+    notes += ["read as JSON: the file holds a top-level array, not one object per line"] * (
+        src.notes.get("format") == "json")
     report = LoadReport(src.name, src.format, src.encoding, src.bom, kept + len(problems.skipped), kept,
-                        problems.skipped, dict(cols), {k: len(d) for k, d in out.items()})
+                        problems.skipped, dict(cols), {k: len(d) for k, d in out.items()}, delimiter, blank,
+                        notes + problems.notes)
     if kept == 0:
-        found = f"no usable rows ({report.summary()})" if report.rows_read else "no rows"
+        reasons = Counter(s.reason for s in report.skipped).most_common()
+        why = reasons[0][0] if len(reasons) == 1 else ", ".join(f"{n} {r}" for r, n in reasons)
+        found = (f"no usable rows ({report.summary()}): 0 examples after filtering (removed {len(report.skipped)} "
+                 f"rows: {why})") if report.rows_read else "no rows"
         raise DataLoadError(src.name, found, "at least one valid row")
     if report.skipped:
-        warnings.warn(report.summary(), DataLoadWarning, stacklevel=3)
+        warnings.warn(f"{report.summary()}; {report.skipped_rows()}", DataLoadWarning, stacklevel=3)
     out.load_report = report
     return out
 
@@ -153,12 +179,30 @@ def _label_kind(value) -> str | None:
     return "a number" if isinstance(value, int) or (isinstance(value, float) and value.is_integer()) else None
 
 
-def _label_problem(value, col: str, class_label: bool):
-    if _is_empty(value) or (class_label and value == -1):
+def _label_problem(value, col: str, n_classes: int | None):
+    """`n_classes`: the source's ClassLabel size (values are class ids; -1 is datasets' "no label"), else None."""
+    if _is_empty(value) or (n_classes is not None and value == -1):
         return _empty_problem("label", value, col)
-    if not class_label and _label_kind(value) is None:
+    if n_classes is None and _label_kind(value) is None:
         return "bad label", f"{kind_of(value)} ({value!r:.40})", "a class label: a string or a whole number"
+    if n_classes is not None and not 0 <= value < n_classes:
+        return ("label id out of range", f"the class id {value}",
+                f"a class id from 0 to {n_classes - 1} (the column's ClassLabel has {n_classes} names)")
     return None
+
+
+def _raise_many_bad_labels(t: Table, labels: list, col: str, n_classes: int | None) -> None:
+    """Strict: when several rows share the first label problem, one error counts them and names the first 5."""
+    first, rows = None, []
+    for i, value in enumerate(labels):
+        problem = _label_problem(value, col, n_classes)
+        if problem and (first is None or problem[0] == first[0]):
+            first = first or problem
+            rows.append(i)
+    if len(rows) < 2:
+        return  # none, or one: the row-by-row check names it
+    places = ", ".join(_where(t, i) for i in rows[:5]) + (", ..." if len(rows) > 5 else "")
+    raise t.error(rows[0], col, f"{first[1]} in {len(rows)} rows ({places})", first[2]).with_skip_hint()
 
 
 def _tokens_problem(value):
@@ -175,11 +219,11 @@ def _tags_problem(value, tokens: list):
     return ("empty tag", "an empty tag", "one tag per token") if any(_is_empty(x) for x in value) else None
 
 
-def _row_ok(t: Table, i: int, cols: dict[str, str], values: dict, problems: Problems, max_chars, class_label) -> bool:
+def _row_ok(t: Table, i: int, cols: dict[str, str], values: dict, problems: Problems, max_chars, n_classes) -> bool:
     for key, col in cols.items():
         value = values[key][i]
         problem = (_text_problem(value, col, max_chars) if key in ("text", "text_pair") else
-                   _label_problem(value, col, class_label) if key == "label" else
+                   _label_problem(value, col, n_classes) if key == "label" else
                    _tokens_problem(value) if key == "tokens" else _tags_problem(value, values["tokens"][i]))
         if problem:
             problems.row_error(problem[0], t.error(i, col, *problem[1:]))
@@ -201,8 +245,11 @@ def _drop_mixed(tables: dict[str, Table], kept: dict, labels: dict, col: str, pr
     for (s, i), kind in kinds.items():
         first.setdefault(kind, (s, i))
     examples = " and ".join(f"{labels[s][i]!r} ({kind}, {_where(tables[s], i)})" for kind, (s, i) in first.items())
+    # Strict: the error names the first row whose type differs from the first row's (where the file changes);
+    # lenient: the minority type's rows are skipped.
+    keep = next(iter(first)) if problems.strict else major
     for (s, i), kind in kinds.items():
-        if kind != major:
+        if kind != keep:
             problems.row_error("mixed label types", tables[s].error(i, col, f"labels of mixed types: {examples}",
                                                                     "one type per label column: all strings or all "
                                                                     "whole numbers"))
@@ -227,6 +274,18 @@ def _class_label(feature, values: list):
     return datasets.ClassLabel(names=names), lambda v: index[name_of(v)]
 
 
+def _note_float_labels(labels: list, col: str, names: list[str], problems: Problems) -> None:
+    """Whole-number floats (1.0, e.g. an int column pandas widened for a NaN) become class names '1': say so."""
+    floats = sorted({v for v in labels if isinstance(v, float)})
+    if not floats:
+        return
+    note = (f"column {col!r} holds whole-number floats ({', '.join(map(str, floats[:5]))}"
+            f"{', ...' * (len(floats) > 5)}): read as the classes {', '.join(map(repr, names[:5]))}"
+            f"{', ...' * (len(names) > 5)}; store labels as integers or strings to silence this")
+    problems.notes.append(note)
+    warnings.warn(note, DataLoadWarning, stacklevel=4)
+
+
 def _as_list(value):
     return value.tolist() if hasattr(value, "tolist") else list(value) if isinstance(value, tuple) else value
 
@@ -242,8 +301,10 @@ def _build(tables: dict[str, Table], cols: dict[str, str], problems: Problems, m
         _resolve(t, cols)
         values[s] = {k: [_as_list(v) for v in _values(t, c)] if k in ("tokens", "tags") else _values(t, c)
                      for k, c in cols.items()}
-        class_label = isinstance(feature, datasets.ClassLabel)
-        kept[s] = [i for i in range(len(t)) if _row_ok(t, i, cols, values[s], problems, max_chars, class_label)]
+        n_classes = feature.num_classes if isinstance(feature, datasets.ClassLabel) else None
+        if problems.strict and target == "label":
+            _raise_many_bad_labels(t, values[s]["label"], cols["label"], n_classes)
+        kept[s] = [i for i in range(len(t)) if _row_ok(t, i, cols, values[s], problems, max_chars, n_classes)]
     features = {k: datasets.Value("string") for k in cols}
     if "tokens" in cols:
         features["tokens"] = datasets.List(datasets.Value("string"))
@@ -254,6 +315,8 @@ def _build(tables: dict[str, Table], cols: dict[str, str], problems: Problems, m
         flat = [v for s in kept for i in kept[s] for v in (values[s][target][i] if target == "tags" else
                                                                [values[s][target][i]])]
         class_label, to_id = _class_label(feature, flat)
+        if target == "label" and not isinstance(feature, datasets.ClassLabel):
+            _note_float_labels(flat, cols["label"], class_label.names, problems)
         features[target] = datasets.List(class_label) if target == "tags" else class_label
         convert[target] = (lambda tags: [to_id(v) for v in tags]) if target == "tags" else to_id
     return datasets.DatasetDict({s: datasets.Dataset.from_dict(

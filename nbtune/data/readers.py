@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ class Problems:
     def __init__(self, strict: bool):
         self.strict = strict
         self.skipped: list[SkippedRow] = []
+        self.notes: list[str] = []  # conversions the load made that a user should know about
 
     def row_error(self, reason: str, err: DataLoadError) -> None:
         if self.strict:
@@ -54,6 +57,7 @@ class Table:
     files: list | None = None       # per-row file, for a folder of text files
     features: dict = field(default_factory=dict)   # source features (a datasets.Dataset's ClassLabels)
     header_line: int | None = None
+    notes: dict = field(default_factory=dict)      # what the reader found out: delimiter, blank_lines, format
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -116,16 +120,9 @@ def _open_quote(lines: list[str], delimiter: str) -> tuple[int, int]:
 
 def _header(path: Path, record: list[str], line: int, delimiter: str) -> list[str]:
     names = [name.strip() or f"unnamed: {i}" for i, name in enumerate(record)]
-    if len(names) == 1:
-        other = {",": ("\t", "tab", "tsv"), "\t": (",", "comma", "csv")}[delimiter]
-        if other[0] in names[0]:
-            raise DataLoadError(path, f"one column {names[0]!r} holding {other[1]}s",
-                                f'{"tab" if delimiter == chr(9) else "comma"}-separated columns; this file looks '
-                                f'{other[1]}-separated: pass format="{other[2]}"', line=line)
-        if ";" in names[0]:
-            raise DataLoadError(path, f"one column {names[0]!r} holding semicolons",
-                                "comma-separated columns; semicolon-separated files aren't read directly: use "
-                                "pandas.read_csv(path, sep=';') and pass the DataFrame", line=line)
+    if len(names) == 1 and delimiter == "\t" and "," in names[0]:  # a CSV saved as .tsv
+        raise DataLoadError(path, f"one column {names[0]!r} holding commas",
+                            'tab-separated columns; this file looks comma-separated: pass format="csv"', line=line)
     if (dup := first_duplicate(names)) is not None:
         first = names.index(dup)
         raise DataLoadError(path, f"the column name {dup!r} twice (fields {first + 1} and "
@@ -133,10 +130,36 @@ def _header(path: Path, record: list[str], line: int, delimiter: str) -> list[st
     return names
 
 
+_OTHER_DELIMITERS = (";", "\t", "|")
+
+
+def sniff_delimiter(stream, delimiter: str):
+    """(delimiter, the stream's lines again): a CSV whose header line has no comma but holds ';', a tab or '|'
+    is read with that one (the most frequent; ties in that order), as Excel writes ';' in many locales.
+
+    >>> sniff_delimiter(iter(["text;label\\n", "hi;a\\n"]), ",")[0]
+    ';'
+    """
+    head = []
+    for line in stream:
+        head.append(line)
+        if line.strip():
+            break
+    lines = itertools.chain(head, stream)
+    if delimiter != "," or not head or "," in head[-1]:
+        return delimiter, lines
+    counts = {d: head[-1].count(d) for d in _OTHER_DELIMITERS}
+    best = max(_OTHER_DELIMITERS, key=lambda d: counts[d])  # max keeps the first of equal counts
+    return (best if counts[best] else delimiter), lines
+
+
 def read_csv(path: Path, stream, delimiter: str, problems: Problems) -> Table:
-    """Rows of a CSV/TSV file; every row keeps the physical line it started on (quoted fields may span lines)."""
-    header, header_line, n_rows, current = None, None, 0, []
+    """Rows of a CSV/TSV file; every row keeps the physical line it started on (quoted fields may span lines).
+    A .csv whose header has no comma but ';', tabs or '|' is read with that delimiter (noted in `Table.notes`)."""
+    header, header_line, n_rows, current, blank = None, None, 0, [], 0
     records, starts, rows = [], [], []
+    given = delimiter
+    delimiter, stream = sniff_delimiter(stream, delimiter)
     with _large_fields():
         reader = csv.reader(_kept_lines(stream, current), delimiter=delimiter, strict=True)
         while True:
@@ -154,7 +177,8 @@ def read_csv(path: Path, stream, delimiter: str, problems: Problems) -> Table:
                 problems.row_error("bad quoting", err)
                 continue
             if not record:
-                continue  # a blank line: no data
+                blank += 1  # a blank line: no data, but counted in the report
+                continue
             if header is None:
                 header, header_line = _header(path, record, start, delimiter), start
                 continue
@@ -170,7 +194,11 @@ def read_csv(path: Path, stream, delimiter: str, problems: Problems) -> Table:
     if n_rows == 0:
         raise DataLoadError(path, f"only the header line ({', '.join(header)}) and no data rows",
                             "at least one row under the header", line=header_line)
-    return table_from_records(str(path), path, records, starts, rows, columns=header, header_line=header_line)
+    notes = {"blank_lines": blank} if blank else {}
+    if delimiter != given:
+        notes["delimiter"] = delimiter
+    return table_from_records(str(path), path, records, starts, rows, columns=header, header_line=header_line,
+                              notes=notes)
 
 
 def _delimiter_name(delimiter: str) -> str:
@@ -200,17 +228,38 @@ def kind_of(value) -> str:
         type(value), f"a {type(value).__name__}")
 
 
+_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:')
+
+
+def _json_problem(raw: str, exc: json.JSONDecodeError) -> tuple[str, str | None]:
+    """(what is wrong with a JSON Lines line, the key it concerns: the last key before the error, or None)."""
+    keys = _KEY.findall(raw, 0, exc.pos + 1)
+    key = keys[-1] if keys else None
+    found = f"invalid JSON: {exc.msg} (column {exc.colno})" + (f" after the key {key!r}" if key else "")
+    if exc.msg.startswith("Expecting property name") and raw[:exc.pos].rstrip().endswith(","):
+        found += "; a trailing comma before '}' is not allowed in JSON: remove it"
+    elif not raw.endswith("\n") and (exc.msg.startswith("Unterminated") or exc.pos >= len(raw.rstrip()) - 1):
+        found += "; the last line stops mid-object: is the file truncated, or still being written?"
+    return found, key
+
+
 def read_jsonl(path: Path, stream, problems: Problems) -> Table:
-    """One JSON object per line; blank lines are allowed; a bad line is reported with the parser's column."""
-    records, lines, rows, n_rows = [], [], [], 0
+    """One JSON object per line; blank lines are skipped (and counted); a bad line is reported with the parser's
+    column and the key before it. A file that holds one top-level array is read as JSON (noted as such)."""
+    records, lines, rows, n_rows, blank = [], [], [], 0, 0
+    stream = list(stream)  # the records are all kept anyway; a list lets the first line decide the format
+    if _is_top_level_array(stream):
+        return _array_in_jsonl(path, "".join(stream), problems)
     for n, raw in enumerate(stream, start=1):
         if not raw.strip():
+            blank += 1
             continue
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
-            problems.row_error("bad JSON", DataLoadError(path, f"invalid JSON: {exc.msg} (column {exc.colno})",
-                                                         "one JSON object per line", line=n, row=n_rows))
+            found, key = _json_problem(raw, exc)
+            problems.row_error("bad JSON", DataLoadError(path, found, "one JSON object per line", line=n,
+                                                         row=n_rows, column=key))
         else:
             if isinstance(obj, dict):
                 records.append(obj), lines.append(n), rows.append(n_rows)
@@ -221,7 +270,32 @@ def read_jsonl(path: Path, stream, problems: Problems) -> Table:
         n_rows += 1
     if n_rows == 0:
         raise DataLoadError(path, "an empty file", 'one JSON object per line, like {"text": ..., "label": ...}')
-    return table_from_records(str(path), path, records, lines, rows)
+    return table_from_records(str(path), path, records, lines, rows, notes={"blank_lines": blank} if blank else {})
+
+
+def _is_top_level_array(lines: list[str]) -> bool:
+    """Whether JSON Lines text is really one JSON array: it opens with '[' on a line that isn't a whole value by
+    itself (a pretty-printed array), or it is a single array line (one list per line stays a per-line error)."""
+    filled = [line for line in lines if line.strip()]
+    if not filled or not filled[0].lstrip().startswith("["):
+        return False
+    try:
+        json.loads(filled[0])
+    except json.JSONDecodeError:
+        return True
+    return len(filled) == 1
+
+
+def _array_in_jsonl(path: Path, text: str, problems: Problems) -> Table:
+    """A JSON Lines file that is one top-level array: read as JSON, or say why not in JSON Lines' terms."""
+    try:
+        table = read_json(path, text, problems)
+    except DataLoadError as err:
+        raise DataLoadError(path, f"a top-level array that can't be read as JSON either: {err.found}",
+                            "one JSON object per line, found a top-level array; or a valid JSON list of objects",
+                            line=err.line) from None
+    table.notes["format"] = "json"
+    return table
 
 
 def read_json(path: Path, text: str, problems: Problems) -> Table:

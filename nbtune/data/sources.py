@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .encoding import detect_encoding
@@ -28,6 +28,7 @@ class _Source:
     encoding: str | None = None
     bom: bool = False
     has_splits: bool = False
+    notes: dict = field(default_factory=dict)   # the reader's findings (Table.notes): delimiter, blank_lines, format
 
 
 def _read(source, format, encoding, problems) -> tuple[dict[str, Table], _Source]:
@@ -67,7 +68,7 @@ def _read_path(source, format, encoding, problems) -> tuple[dict[str, Table], _S
     except UnicodeError as exc:  # only with an explicit encoding= (otherwise checked up front)
         _decode(path, path.read_bytes(), codec, enc_name)
         raise DataLoadError(path, f"text {enc_name} can't decode ({exc})", "text in that encoding") from None
-    return {"train": table}, _Source(str(path), fmt, enc_name, bom)
+    return {"train": table}, _Source(str(path), table.notes.get("format", fmt), enc_name, bom, notes=table.notes)
 
 
 def _decode(path: Path, data: bytes, codec: str, enc_name: str) -> str:

@@ -167,17 +167,25 @@ def _ensure_splits(dataset, seed: int, where: str):
         raise tasks.DataError(f"{where}: the 'train' split is empty")
     dataset = datasets.DatasetDict(dict(dataset))
     if "validation" not in dataset:
+        if len(dataset["train"]) < 2:  # datasets' own message talks about n_samples and train_size
+            raise tasks.DataError(f"{where}: the 'train' split has 1 row and there is no 'validation' split; "
+                                  "10% of train becomes the validation split, which needs at least 2 rows. Add "
+                                  "rows, or pass a DatasetDict with a 'validation' split")
         parts = dataset["train"].train_test_split(test_size=0.1, seed=seed)
         dataset["train"], dataset["validation"] = parts["train"], parts["test"]
     if "test" not in dataset:
         dataset["test"] = dataset["validation"]
+    for split in ("validation", "test"):  # before tokenizing: a tokenizer given [] fails with an IndexError
+        if len(dataset[split]) == 0:
+            raise tasks.DataError(f"{where}: the '{split}' split is empty")
     return dataset
 
 
 def tokenize(cfg: RunConfig, dataset, tokenizer, where: str) -> tasks.TaskData:
     d = cfg.data
     if cfg.task == "classification":
-        data = tasks.tokenize_classification(dataset, tokenizer, d.text_column, d.label_column, d.max_length, where)
+        data = tasks.tokenize_classification(dataset, tokenizer, d.text_column, d.label_column, d.max_length, where,
+                                             num_labels=(cfg.model.config_overrides or {}).get("num_labels"))
     elif cfg.task == "token-classification":
         data = tasks.tokenize_tagging(dataset, tokenizer, d.max_length, where)
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,6 +23,10 @@ IGNORE = -100  # label id the loss skips (padding, prompt tokens, non-first sub-
 
 class DataError(ValueError):
     """The dataset does not fit the task: a missing column, an empty split, an unusable row."""
+
+
+class DataWarning(UserWarning):
+    """The data trains, but maybe not as meant: a single class, float labels read as whole numbers."""
 
 
 @dataclass
@@ -50,7 +55,12 @@ def label_names_of(split, column: str) -> list[str]:
     if names:
         return list(names)
     values = list(split[column])
-    flat = {v for row in values for v in row} if values and isinstance(values[0], list) else set(values)
+    return _names_from_values([v for row in values for v in row] if values and isinstance(values[0], list) else values)
+
+
+def _names_from_values(values: list) -> list[str]:
+    """Sorted, stable class names from plain label values (numbers in numeric order)."""
+    flat = set(values)
     numeric = all(isinstance(v, int) and not isinstance(v, bool) for v in flat)
     return [str(v) for v in sorted(flat)] if numeric else sorted(str(v) for v in flat)
 
@@ -72,13 +82,80 @@ def label_ids(values: Sequence, names: list[str], class_names: bool, where: str)
     return ids
 
 
-def tokenize_classification(ds, tokenizer, text_col: str, label_col: str, max_length: int, where: str) -> TaskData:
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _rows_text(rows: list[int]) -> str:
+    return f"{len(rows)} row{'s' * (len(rows) > 1)} (first row indices: {rows[:5]})"
+
+
+def checked_labels(values: list, where: str, column: str, num_labels: int | None) -> list:
+    """A split's labels checked on the CPU before any model exists: no None/NaN, whole numbers only where
+    numbers, and with `num_labels` (a ClassLabel's size or model.config_overrides.num_labels) ids in
+    [0, num_labels). Whole-number floats come back as ints (with a DataWarning).
+
+    >>> checked_labels([0.0, 1.0, 2.0], "demo", "label", None)                 # doctest: +SKIP
+    [0, 1, 2]
+    """
+    missing = [i for i, v in enumerate(values) if _is_missing(v)]
+    if missing:
+        raise DataError(f"{where}: column {column!r} has no label (None/NaN) in {_rows_text(missing)}; label "
+                        f"or drop those rows (nbtune.data.load(..., strict=False) skips them)")
+    floats = [i for i, v in enumerate(values) if isinstance(v, float)]
+    fractional = [i for i in floats if not values[i].is_integer()]
+    if fractional:
+        raise DataError(f"{where}: column {column!r} holds fractional numbers (e.g. {values[fractional[0]]!r}) "
+                        f"in {_rows_text(fractional)}; classification needs class labels: whole numbers or "
+                        f"strings (float targets would switch the loss to multi-label BCE)")
+    if floats:
+        warnings.warn(f"{where}: column {column!r} holds whole-number floats (e.g. {values[floats[0]]!r}); read "
+                      f"as the integers they equal. Store class labels as integers or strings.", DataWarning,
+                      stacklevel=3)
+        values = [int(v) if isinstance(v, float) else v for v in values]
+    if num_labels is not None:
+        bad = [i for i, v in enumerate(values) if not isinstance(v, int) or isinstance(v, bool)
+               or not 0 <= v < num_labels]
+        if bad:
+            shown = sorted({values[i] for i in bad}, key=str)[:5]
+            raise DataError(f"{where}: column {column!r} holds {len(bad)} label{'s' * (len(bad) > 1)} outside the "
+                            f"class ids 0..{num_labels - 1} (num_labels={num_labels}): values {shown} in "
+                            f"{_rows_text(bad)}; -1 is datasets' 'no label'. Fix or drop those rows, or raise "
+                            f"num_labels; nothing reached the model")
+    return values
+
+
+def _declared_num_labels(split, column: str, num_labels: int | None, where: str) -> int | None:
+    """The label count the data or config declares: a ClassLabel's size, model.config_overrides.num_labels."""
+    feature = split.features[column]
+    size = len(feature.names) if getattr(feature, "names", None) else None
+    if size is not None and num_labels is not None and size != num_labels:
+        raise DataError(f"{where}: model.config_overrides.num_labels={num_labels} but column {column!r} is a "
+                        f"ClassLabel with {size} names {feature.names[:10]}; drop num_labels or make them agree")
+    return size if size is not None else num_labels
+
+
+def tokenize_classification(ds, tokenizer, text_col: str, label_col: str, max_length: int, where: str,
+                            num_labels: int | None = None) -> TaskData:
+    """Token ids and label ids per split. Labels are checked first (see `checked_labels`), so bad labels fail
+    here, before the model is built. `num_labels` (model.config_overrides) makes integer labels class ids."""
     check_columns(ds["train"], [text_col, label_col], where)
-    names = label_names_of(ds["train"], label_col)
-    class_names = has_class_names(ds["train"], label_col)
+    declared = _declared_num_labels(ds["train"], label_col, num_labels, where)
+    labels_of = {s: checked_labels(list(split[label_col]), f"{where}, split '{s}'", label_col, declared)
+                 for s, split in ds.items()}
+    if has_class_names(ds["train"], label_col):
+        names, class_names = label_names_of(ds["train"], label_col), True
+    elif declared is not None:
+        names, class_names = [str(i) for i in range(declared)], True
+    else:
+        names, class_names = _names_from_values(labels_of["train"]), False
+    if len(set(labels_of["train"])) == 1:
+        warnings.warn(f"{where}: the train split has a single class ({names[0]!r} in all {len(labels_of['train'])} "
+                      f"rows): the model can only learn to predict it. Add examples of the other classes.",
+                      DataWarning, stacklevel=3)
     rows: dict[str, list[dict]] = {}
     for split_name, split in ds.items():
-        texts, labels = list(split[text_col]), list(split[label_col])
+        texts, labels = list(split[text_col]), labels_of[split_name]
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise DataError(f"{where}: split '{split_name}' row {i} column '{text_col}' is "
@@ -152,6 +229,12 @@ def load_model(task: str, path: str, config: Any, label_names: list[str], init: 
     if task != "causal-lm":
         head = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
                 "label2id": {n: i for i, n in enumerate(label_names)}}
+        if task == "classification":
+            # Cross-entropy on class ids whatever the label count or dtype: transformers would infer regression
+            # for a single label and multi-label BCE for float labels.
+            head["problem_type"] = "single_label_classification"
+        # num_labels in config_overrides was checked against the labels (checked_labels); the head wins.
+        overrides = {k: v for k, v in (overrides or {}).items() if k not in head}
     if config is not None or init == "random":
         if config is None:
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
