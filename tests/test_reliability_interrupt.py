@@ -39,9 +39,15 @@ def test_E2_kernel_interrupt_keeps_the_kernel_and_its_variables(tmp_path):
     from jupyter_client.manager import start_new_kernel
     km, kc = start_new_kernel(kernel_name="python3")
     try:
+        def reply_to(msg_id: str, timeout: float) -> dict:
+            # start_new_kernel can leave its kernel_info reply on the shell channel: skip replies to others
+            while True:
+                reply = kc.get_shell_msg(timeout=timeout)
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    return reply
+
         def run_cell(code: str, timeout: float = 120) -> dict:
-            msg_id = kc.execute(code)
-            return kc.get_shell_msg(timeout=timeout) if msg_id else {}
+            return reply_to(kc.execute(code), timeout)
         assert run_cell("x = 1")["content"]["status"] == "ok"
         setup = ("from nbtune.config import RunConfig\nfrom nbtune.engine.run import Run\n"
                  f"run = Run(RunConfig().with_overrides({LONG + [f'output_dir={tmp_path}']!r}))\n"
@@ -50,12 +56,10 @@ def test_E2_kernel_interrupt_keeps_the_kernel_and_its_variables(tmp_path):
         msg_id = kc.execute("import time\nwhile run.state.step < 3: time.sleep(0.05)\nrun.wait()")
         time.sleep(3)
         km.interrupt_kernel()
-        reply = kc.get_shell_msg(timeout=30)
-        assert reply["parent_header"]["msg_id"] == msg_id
+        reply = reply_to(msg_id, timeout=30)
         assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
         started = time.perf_counter()
-        kc.kernel_info()
-        kc.get_shell_msg(timeout=10)
+        reply_to(kc.kernel_info(), timeout=10)
         assert km.is_alive()
         check = run_cell("assert x == 1 and run.state.status == 'stopped' and not run.is_running, "
                          "(x, run.state.status)")

@@ -12,10 +12,12 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from nbtune.config import EDIT_ACTIONS as ACTIONS, SETTABLE_EDITS as SETTABLE, TRAINABLE_EDITS, check_edit_value
 
@@ -116,3 +118,43 @@ class Control:
         with self._lock:
             self._pending = [c for c in self._pending
                              if c.at_step is None or (c.at_step, c.name) not in done and c.at_step >= step]
+
+
+FORCE_AFTER = 3  # the interrupt that aborts at once, without the Stop's checkpoint
+
+
+@contextlib.contextmanager
+def interrupts_stop(control: Control, enabled: bool = True) -> Iterator[list[float]]:
+    """While training runs in the foreground (the main thread), make Ctrl+C / Jupyter's "interrupt kernel" ask
+    `control` for a Stop instead of raising KeyboardInterrupt inside a step or a checkpoint save. The second
+    interrupt is ignored (the Stop's checkpoint is being written); the third (FORCE_AFTER) raises at once, for a
+    loop that hangs. Yields the times of the interrupts received; the caller raises KeyboardInterrupt after the
+    run has ended, so the cell still ends as interrupted. Does nothing off the main thread, when not `enabled`
+    (several processes must stop at the same step), or when someone else installed a SIGINT handler.
+
+    Example:
+        >>> with interrupts_stop(run.control) as interrupts:   # doctest: +SKIP
+        ...     train()                                         # Ctrl+C here: a Stop at the next micro-batch
+        >>> if interrupts: raise KeyboardInterrupt              # doctest: +SKIP
+    """
+    received: list[float] = []
+    if (not enabled or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield received
+        return
+
+    def on_interrupt(signum, frame) -> None:
+        # Runs in the main thread between bytecodes: only record and queue, never print (a reentrant write).
+        received.append(time.time())
+        if len(received) == 1:
+            control.stop()
+        elif len(received) >= FORCE_AFTER:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt(f"interrupted {len(received)} times: aborted without the Stop's checkpoint")
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield received
+    finally:
+        if signal.getsignal(signal.SIGINT) is on_interrupt:
+            signal.signal(signal.SIGINT, previous)

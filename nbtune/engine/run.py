@@ -23,7 +23,7 @@ import torch
 from nbtune.config import RunConfig
 from nbtune.engine import build, checkpoint as ckpt, loop
 from nbtune.engine.batching import epoch_batches, pad_batch
-from nbtune.engine.control import Control
+from nbtune.engine.control import Control, interrupts_stop
 from nbtune.engine.sinks import ConsoleSink, JsonlSink, MetricSink, TensorBoardSink
 from nbtune.engine.state_io import load_run_state, save_run_state
 from nbtune.methods.base import PlanState
@@ -107,7 +107,9 @@ class Run:
 
     # ---- running ----
     def start(self, background: bool = False) -> "Run":
-        """Train. In the background the notebook stays usable; `wait()` joins and re-raises errors."""
+        """Train. In the background the notebook stays usable; `wait()` joins and re-raises errors. In the
+        foreground a kernel interrupt stops the run with a checkpoint, then raises KeyboardInterrupt (see
+        docs/interrupts.md; a third interrupt aborts without the checkpoint)."""
         if self._thread is not None and self._thread.is_alive():
             raise RuntimeError("this run is already training; use run.control to pause or stop it")
         if self.state.status in ("finished", "running"):
@@ -120,9 +122,15 @@ class Run:
                                             name=f"nbtune-{self.run_dir.name}")
             self._thread.start()
         else:
-            self._train_safely()
+            # Ctrl+C / a kernel interrupt becomes a Stop (checkpoint at the next micro-batch), never an exception
+            # inside a step or a save; with several processes each must stop at the same step, so not there.
+            with interrupts_stop(self.control, self.accelerator.num_processes == 1) as interrupts:
+                self._train_safely()
             if self.error is not None:
                 raise self.error
+            if interrupts:
+                self._report_interrupt(len(interrupts))
+                raise KeyboardInterrupt(f"training stopped at step {self.state.step}")
         return self
 
     def wait(self, timeout_s: float | None = None) -> "Run":
@@ -145,14 +153,19 @@ class Run:
     def _stop_after_interrupt(self) -> None:
         # Signals reach only the main thread, which is here, waiting; the training thread never sees them.
         self.control.stop()
+        count = 1
         while not self._done.is_set():
             try:
                 self._done.wait()
             except KeyboardInterrupt:  # a second interrupt while the checkpoint is written: finish it first
-                continue
+                count += 1
         self._thread.join()
+        self._report_interrupt(count)
+
+    def _report_interrupt(self, count: int) -> None:
+        again = f" ({count - 1} more interrupt(s) ignored while it saved)" if count > 1 else ""
         print(f"nbtune: interrupted: training stopped at step {self.state.step} ({self.state.status}); "
-              f"the checkpoint is in {self.run_dir / 'checkpoints'}", file=sys.stderr)
+              f"the checkpoint is in {self.run_dir / 'checkpoints'}{again}", file=sys.stderr)
 
     @property
     def is_running(self) -> bool:
@@ -414,13 +427,19 @@ class Run:
     def resume(cls, path: str | Path, config: RunConfig | None = None, dataset=None, *,
                sinks: Iterable[MetricSink] = ()) -> "Run":
         """A Run rebuilt from a checkpoint directory (or a run directory: its newest complete checkpoint)."""
-        path = Path(path)
+        path, chosen = Path(path), False
         if (path / "checkpoints").is_dir():
             found = ckpt.latest(path)
             if found is None:
                 raise ckpt.CheckpointError(f"{path}: no complete checkpoint under {path / 'checkpoints'}")
-            path = found
+            path, chosen = found, True
         saved = ckpt.verify(path)
+        if chosen:  # after a crash or a kernel restart: say which checkpoint was chosen, and any newer one skipped
+            step = saved["state"]["step"]
+            newer = sorted(p.name for p in path.parent.glob("step-*") if p.name > f"step-{step:06d}")
+            skipped = f"; skipped incomplete {', '.join(newer)}" if newer else ""
+            print(f"nbtune: last complete checkpoint: step {step} ({path}){skipped}; resuming from it",
+                  file=sys.stderr)
         run = cls(config or RunConfig.from_dict(saved["config"]), dataset, sinks=sinks, run_dir=path.parent.parent)
         return run.load_checkpoint(path)
 
