@@ -24,6 +24,7 @@ from nbtune.config import RunConfig
 from nbtune.engine import build, checkpoint as ckpt, loop
 from nbtune.engine.batching import epoch_batches, pad_batch
 from nbtune.engine.control import Control, interrupts_stop
+from nbtune.engine.edits import apply_command, apply_trainable_edit, check_target, set_lr
 from nbtune.engine.sinks import ConsoleSink, JsonlSink, MetricSink, TensorBoardSink
 from nbtune.engine.state_io import load_run_state, save_run_state
 from nbtune.methods.base import PlanState
@@ -212,52 +213,12 @@ class Run:
                     self.emit(self.control.edits[-1])
                     self.save_checkpoint()
                     return True
-                self._apply(cmd)
+                apply_command(self, cmd)
             if not self.control.paused:
                 self.state.status = "running"
                 return False
             self.state.status = "paused"
             self.control.wait_while_paused()
-
-    def _apply(self, cmd) -> None:
-        step = self.state.step
-        if cmd.name == "checkpoint":
-            self.save_checkpoint()
-            return
-        if cmd.name in ("pause", "resume"):
-            record = self.control.log(step, cmd.name, None, None)
-        elif cmd.name in ("freeze", "unfreeze"):
-            before = self.trainable_count()
-            self.apply_trainable_edit(cmd.name, cmd.value)
-            record = self.control.log(step, cmd.name, before, self.trainable_count())
-            record["target"] = cmd.value
-        elif "." in cmd.name:  # a method's live option, e.g. domain_mix.ratio
-            method_name, option = cmd.name.split(".", 1)
-            method = next((m for m in self.methods if m.name == method_name), None)
-            try:
-                if method is None:
-                    raise ValueError(f"no method '{method_name}' in this run "
-                                     f"({', '.join(m.name for m in self.methods) or 'no methods'})")
-                old = method.set_option(option, cmd.value, self.state)
-            except ValueError as exc:  # a refused live edit is reported, and training goes on
-                self.emit({"kind": "warning", "step": step, "time": time.time(),
-                           "message": f"{cmd.name}={cmd.value!r} refused: {exc}"})
-                return
-            record = self.control.log(step, cmd.name, old, cmd.value)
-            self.replan = True  # a sampler option: the rest of this epoch's batches may change
-        elif cmd.name == "lr":
-            record = self.control.log(step, "lr", *self._set_lr(cmd.value))
-        elif cmd.name == "max_grad_norm":
-            record = self.control.log(step, "max_grad_norm", self.max_grad_norm, cmd.value)
-            self.max_grad_norm = cmd.value
-        else:  # weight_decay: groups that decay get the new value; no-decay groups stay at 0
-            groups = [g for g in self.optimizer.param_groups
-                      if g["name"] != "no_decay" and not g["name"].endswith("(no decay)")]
-            record = self.control.log(step, "weight_decay", groups[0]["weight_decay"] if groups else None,
-                                      cmd.value)
-            for g in groups:
-                g["weight_decay"] = cmd.value
-        self.emit(record)
 
     def set_precision(self, name: str) -> None:
         """Choose fp32 / bf16 / fp16 / auto before training starts (the panel's precision choice)."""
@@ -282,40 +243,20 @@ class Run:
 
     def apply_trainable_edit(self, name: str, target: str) -> None:
         """Freeze or unfreeze a group now. Only parameters the optimizer holds can be opened again."""
-        from nbtune.methods.unfreeze import select
-        held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
-        for p in select(self.raw_model, target, held):
-            p.requires_grad_(name == "unfreeze")
+        apply_trainable_edit(self, name, target)
 
     def freeze(self, target: str) -> None:
         """Stop training a group ("embeddings", "attention", "ffn", "norm", "head", "layer 3", "all") from the
         next step; checked against the model now, logged as an edit when applied."""
-        self._check_target(target)
+        check_target(self, target)
         self.control.freeze(target)
 
     def unfreeze(self, target: str) -> None:
-        self._check_target(target)
+        check_target(self, target)
         self.control.unfreeze(target)
 
-    def _check_target(self, target: str) -> None:
-        from nbtune.methods.unfreeze import select
-        if self.accelerator.num_processes > 1 and not build.changes_trainable_set(self.cfg):
-            raise RuntimeError("a live freeze under a distributed launch needs DDP's find_unused_parameters: add "
-                               "the unfreeze method to the config (it turns that on), or freeze before launching")
-        select(self.raw_model, target, {id(p) for g in self.optimizer.param_groups for p in g["params"]})
-
     def _set_lr(self, new: float) -> tuple[float, float]:
-        """Scale every group's current LR and the scheduler's base LRs by one factor, so group ratios hold
-        and the schedule continues from the new value."""
-        groups = self.optimizer.param_groups
-        old = groups[0]["lr"]
-        factor = new / old if old > 0 else new / self.scheduler.base_lrs[0]
-        for i, g in enumerate(groups):
-            g["lr"] *= factor
-            g["initial_lr"] = g.get("initial_lr", self.scheduler.base_lrs[i]) * factor
-        self.scheduler.base_lrs = [b * factor for b in self.scheduler.base_lrs]
-        self.scheduler._last_lr = [g["lr"] for g in groups]
-        return old, groups[0]["lr"]
+        return set_lr(self, new)
 
     def evaluate(self, split: str = "validation") -> dict:
         """Loss and metrics on a split; the result is also sent to the sinks as an eval record."""
