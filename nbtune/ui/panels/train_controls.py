@@ -3,6 +3,12 @@
 Nothing here touches the optimizer: every change is a Control command, applied by the loop at the next
 step boundary and logged there as an edit record (which the panel then draws on the loss chart).
 
+Slider and box edits are coalesced per setting (ipywidgets' own rule for front-end messages: at most one in
+flight and one pending, the latest value wins). An edit goes to Control at once when none of the same setting is
+in flight and the last one went at least `edit_interval_s` ago; otherwise it waits as the one pending value, sent
+when the loop has applied the one in flight (seen as its edit record) and the interval has passed. Twenty moves
+within a second become two applied edits, the first and the last value, each at the next step boundary.
+
 Example:
     >>> bar = ControlBar(run, on_sent=print, on_error=print)      # doctest: +SKIP
     >>> bar.lr_slider.value = 1e-4      # queues run.control.set("lr", 1e-4)  # doctest: +SKIP
@@ -11,6 +17,8 @@ from __future__ import annotations
 
 import html
 import math
+import threading
+import time
 from typing import Any, Callable, Iterable
 
 import ipywidgets as widgets
@@ -20,20 +28,27 @@ from nbtune.history import format_value
 # FloatLogSlider bounds, as powers of ten.
 LR_EXPONENT_RANGE = (-7.0, -1.0)
 CLIP_RANGE = (0.05, 10.0)
+# Edits of one setting reach Control at most once per this many seconds (the rest coalesce, latest wins).
+EDIT_INTERVAL_S = 1.0
+_NOTHING = object()
 
 
 class ControlBar:
     """Start, Pause/Resume (one toggle), Stop, Checkpoint now, LR slider, max-grad-norm slider, weight decay.
 
     `on_sent(text)` is told about every command sent (for the intervention log); `on_error(exc)` about
-    every command that was refused (a bad value, a run that cannot start again).
+    every command that was refused (a bad value, a run that cannot start again). `edit_interval_s`: edits of
+    one setting reach Control at most this often; the ones between coalesce into the latest (see the module).
     """
 
-    def __init__(self, run: Any, on_sent: Callable[[str], None], on_error: Callable[[BaseException], None]) -> None:
+    def __init__(self, run: Any, on_sent: Callable[[str], None], on_error: Callable[[BaseException], None],
+                 edit_interval_s: float = EDIT_INTERVAL_S) -> None:
         self.run = run
         self._on_sent = on_sent
         self._on_error = on_error
         self._pause_requested = False
+        self.coalescer = EditCoalescer(self._send_set, on_error, edit_interval_s)
+        run.add_sink(self.coalescer)  # sees the edit records that say an edit in flight was applied
         t = run.cfg.train
         self.start_button = widgets.Button(description="Start", icon="play", button_style="success")
         self.pause_button = widgets.Button(description="Pause", icon="pause")
@@ -127,8 +142,14 @@ class ControlBar:
         self._on_sent("checkpoint")
 
     def set(self, name: str, value: Any) -> None:
+        """Send `control.set(name, value)`, coalesced with other edits of `name` (see the module)."""
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
+        from nbtune.config import check_edit_value
+        check_edit_value(name, value)  # refused here, at once, even when the value would wait as pending
+        self.coalescer.submit(name, value)
+
+    def _send_set(self, name: str, value: Any) -> None:
         self.run.control.set(name, value)
         self._on_sent(f"set {name} = {format_value(value)}")
 
@@ -155,6 +176,79 @@ class ControlBar:
             fn(*args)
         except Exception as exc:  # noqa: BLE001 - a refused command is shown in the panel, not lost
             self._on_error(exc)
+
+
+class EditCoalescer:
+    """Per setting, at most one edit in flight (sent to Control, not yet applied) and one pending (the latest
+    value asked for since); a MetricSink, so the run's edit records tell it when the one in flight was applied.
+
+        >>> sent = []
+        >>> c = EditCoalescer(lambda name, value: sent.append(value), on_error=print, interval_s=60)
+        >>> for v in (1e-4, 2e-4, 3e-4): c.submit("lr", v)
+        >>> sent, c.pending
+        ([0.0001], {'lr': 0.0003})
+    """
+
+    def __init__(self, send: Callable[[str, Any], None], on_error: Callable[[BaseException], None],
+                 interval_s: float = EDIT_INTERVAL_S) -> None:
+        if not interval_s >= 0:
+            raise ValueError(f"interval_s must be >= 0 seconds, got {interval_s}")
+        self.send, self.on_error, self.interval_s = send, on_error, float(interval_s)
+        self.in_flight: dict[str, Any] = {}     # name -> value sent and not yet seen applied
+        self.pending: dict[str, Any] = {}       # name -> latest value waiting
+        self.sent_at: dict[str, float] = {}     # name -> monotonic time of the last send
+        self.submitted = 0                      # edits asked for
+        self.sent = 0                           # edits sent to Control
+        self._lock = threading.Lock()
+        self._timers: dict[str, threading.Timer] = {}
+
+    def submit(self, name: str, value: Any) -> None:
+        """Ask for `name = value`: sent now when nothing of `name` is in flight or recent, else kept as pending."""
+        with self._lock:
+            self.submitted += 1
+            self.pending[name] = value
+        self._release(name)
+
+    def _release(self, name: str) -> None:
+        """Send the pending value of `name` if it may go now; otherwise make sure a timer will try again."""
+        with self._lock:
+            if name not in self.pending or name in self.in_flight:
+                return  # nothing waits, or the edit record of the one in flight will call back
+            wait_s = self.sent_at.get(name, -math.inf) + self.interval_s - time.monotonic()
+            if wait_s > 0:
+                if name not in self._timers:
+                    timer = threading.Timer(wait_s, self._on_timer, (name,))
+                    timer.daemon = True
+                    self._timers[name] = timer
+                    timer.start()
+                return
+            value = self.pending.pop(name)
+            self.in_flight[name] = value
+            self.sent_at[name] = time.monotonic()
+            self.sent += 1
+        try:
+            self.send(name, value)  # outside the lock: Control takes its own
+        except Exception as exc:  # noqa: BLE001 - may run on the training or a timer thread: shown, not raised
+            with self._lock:
+                self.in_flight.pop(name, None)  # never sent, so no edit record will clear it
+            self.on_error(exc)
+
+    def _on_timer(self, name: str) -> None:
+        with self._lock:
+            self._timers.pop(name, None)
+        self._release(name)
+
+    # ---- MetricSink: records from the training thread ----
+    def write(self, record: dict[str, Any]) -> None:
+        name = record.get("name") if record.get("kind") == "edit" else None
+        if name is None or name not in self.in_flight:
+            return
+        with self._lock:
+            self.in_flight.pop(name, None)
+        self._release(name)
+
+    def close(self) -> None:
+        """The run stopped: what is in flight stays queued in Control for the next start."""
 
 
 class AdviceView:
