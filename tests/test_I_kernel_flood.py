@@ -49,7 +49,8 @@ print(json.dumps({{'written': flood.written, 'elapsed_s': flood.elapsed_s, 'bega
                    'renders': panel.pump.renders, 'steps': len(panel.history.steps),
                    'flush_began_s': panel.pump.render_times[-1] - ended_mono,
                    'kernel_traces': {{k: [[t.name, (t.x[-1] if t.x is not None and len(t.x) else None)]
-                                      for t in f.data] for k, f in panel.figures.items()}}}}))
+                                      for t in f.data] for k, f in panel.figures.items()}}}},
+                 default=lambda v: v.item()))  # numpy scalars (the panel sends int32 steps)
 """
 
 
@@ -173,8 +174,9 @@ def test_I1_fast_loop_through_a_kernel_is_throttled_and_ends_on_the_last_step(fl
     assert flush_s <= 5.0, f"the last update reached the front end {flush_s:.2f}s after the end"
 
 
-@pytest.mark.xfail(strict=False, reason="gap: the pump enforces max_bytes_per_s only for renders that report "
-                   "their bytes; nbtune/ui/panels/train.py `_on_records` does not yet return them")
+@pytest.mark.xfail(strict=False, reason="gap: the train panel reports its trace buffers to the pump's byte budget "
+                   "(int32/float32, ~44 kB a loss update in-process), yet through a real kernel single _py2js_update "
+                   "messages reach ~420 kB: 204 kB/s measured against 100 kB/s (496 kB/s before the budget)")
 def test_I1_iopub_bytes_stay_under_100_kB_per_second(flood):
     _, result, _, flooded = flood
     span_s = result["ended"] - result["began"]

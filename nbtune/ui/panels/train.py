@@ -151,17 +151,20 @@ class TrainPanel:
         self.pump.join()
 
     # ---- records in (the pump thread) ----
-    def _on_records(self, records: list[dict[str, Any]]) -> None:
+    def _on_records(self, records: list[dict[str, Any]]) -> int:
+        """The pump's render: file the records, refresh the widgets; returns the bytes sent (the byte budget)."""
         with self._lock:
             try:
                 for record in records:
                     self._builder.add(record)
-                self.refresh()
+                sent = self.refresh()
                 for record in records:
                     if record.get("kind") == "end":
                         self._on_end(record)
+                return sent
             except Exception as exc:  # noqa: BLE001 - shown in the panel instead of lost in a thread
                 self.show_error(f"the panel failed to render: {type(exc).__name__}: {exc}", traceback.format_exc())
+                return 0
 
     def _on_end(self, record: dict[str, Any]) -> None:
         self.controls.finished()
@@ -172,18 +175,19 @@ class TrainPanel:
             message = str(record.get("message") or getattr(self.run, "error", None) or "training failed")
             self.show_error(f"training stopped with an error: {message}", getattr(self.run, "traceback", None))
 
-    def refresh(self) -> None:
+    def refresh(self) -> int:
         """Copy the history's series into the existing widgets: trace arrays, edit lines, titles. No figure is
-        rebuilt (that costs ~20x more), so a refresh stays cheap next to training."""
+        rebuilt (that costs ~20x more), so a refresh stays cheap next to training. Returns the trace bytes sent."""
         with self._lock:
             h = self.history
             series = figures.chart_series(h, self.smoothing)
             edit_steps, edit_hover = figures.edit_markers(h)
             titles = {"grad_norm": f"Gradient norm · {clip_rate_text(h.clipped)}"}
-            for key, fig in self.figures.items():
-                _sync(key, fig, series[key], self.max_points, edit_steps, edit_hover, titles.get(key))
+            sent = sum(_sync(key, fig, series[key], self.max_points, edit_steps, edit_hover, titles.get(key))
+                       for key, fig in self.figures.items())
             self._render_text()
             self._run_advisor()
+            return sent
 
     # ---- text ----
     def _render_text(self) -> None:
@@ -332,15 +336,20 @@ def log_html(edits: list[dict[str, Any]], sent: list[str], guard: list[dict[str,
 
 # ---- figure sync ----
 def _sync(chart: str, widget: go.FigureWidget, series: figures.Series, max_points: int, edit_steps: list[int],
-          edit_hover: list[str], title: str | None = None) -> None:
+          edit_hover: list[str], title: str | None = None) -> int:
     """Copy trace data (decimated) into the live widget, in one message; redraw edit lines only when the edits
-    changed."""
+    changed. Returns the bytes of trace data sent (the pump keeps them under its byte budget).
+
+    The data goes as int32 steps and float32 values (binary buffers): half of float64's bytes, and a chart
+    cannot show the difference. Smoothed traces (EMA) get a tenth of `max_points`: they have no spikes to keep.
+    A 5,000-point loss update is then ~44 kB, whatever the step count."""
     by_name = {t.name: t for t in widget.data}
     new = [name for name in series if name not in by_name]
     if new:  # parameter groups seen for the first time: one more styled trace each, same widget
         known = sum(1 for t in widget.data if t.name in series and t.name not in ("edits", "grad norm", "clipped"))
         widget.add_traces([figures.group_trace(chart, name, known + i) for i, name in enumerate(new)])
         by_name = {t.name: t for t in widget.data}
+    sent = 0
     with widget.batch_update():
         for name, (xs, ys) in series.items():
             target = by_name[name]
@@ -348,15 +357,25 @@ def _sync(chart: str, widget: go.FigureWidget, series: figures.Series, max_point
                 if tuple(target.hovertext or ()) != tuple(edit_hover):
                     target.hovertext = edit_hover
             else:
-                xs, ys = decimate_minmax(xs, ys, max_points)
+                xs, ys = decimate_minmax(xs, ys, max(2, max_points // 10) if "(EMA)" in name else max_points)
             # numpy arrays skip plotly's per-element validation (a list of 5,000 floats costs ~10x more)
-            x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+            x, y = _narrow(xs), np.asarray(ys, dtype=np.float32)
             if not (_same(target.x, x) and _same(target.y, y)):  # unchanged traces are not sent again
                 target.x, target.y = x, y
+                sent += x.nbytes + y.nbytes
         if "edits" in series and len(widget.layout.shapes) != len(edit_steps):
             widget.layout.shapes = figures.edit_shapes(edit_steps)
         if title is not None and widget.layout.title.text != title:
             widget.layout.title.text = title
+    return sent
+
+
+def _narrow(xs: Any) -> np.ndarray:
+    """Steps as int32 when they are whole numbers that fit (always, for steps), else float32."""
+    x = np.asarray(xs)
+    if x.dtype.kind in "iu" and (x.size == 0 or (x.min() >= -2**31 and x.max() < 2**31)):
+        return x.astype(np.int32)
+    return x.astype(np.float32)
 
 
 def _same(held: Any, new: np.ndarray) -> bool:
