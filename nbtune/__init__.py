@@ -23,6 +23,7 @@ _LAZY = {
     "TuneStudy": "nbtune.tune.study", "tune": "nbtune.tune", "ExplainPanel": "nbtune.ui.panels.explain",
     "explain": "nbtune.explain", "export": "nbtune.export", "ExportPanel": "nbtune.ui.panels.export",
     "launch": "nbtune.engine.launch", "JsonlFollower": "nbtune.engine.follow",
+    "Dashboard": "nbtune.ui.panels.dashboard",
 }
 
 __all__ = list(_LAZY)
