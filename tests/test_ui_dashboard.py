@@ -155,3 +155,31 @@ def test_run_dataset_drops_the_validation_copy_named_test(tmp_path):
                                 "test": datasets.Dataset.from_dict({"text": ["x y"], "label": ["a"]})})
     dataset, note = run_dataset(types.SimpleNamespace(cfg=cfg, source_dataset=own))
     assert sorted(dataset) == ["test", "train", "validation"] and len(dataset["test"]) == 1 and note is None
+
+
+def test_displayed_dashboard_leaves_the_train_snapshot_when_the_run_ends(tmp_path, monkeypatch):
+    """Displayed, the Dashboard shows its Tab, then the Train panel's placeholder, which the run's end fills with
+    the static PNG of the curves (what a saved, reopened notebook shows without a kernel)."""
+    import base64
+
+    import IPython.display
+    shown, updates = [], []
+
+    class Handle:
+        def update(self, obj, raw=False):
+            updates.append(obj)
+
+    def fake_display(obj, display_id=None, raw=False):
+        shown.append(obj)
+        return Handle() if display_id else None
+
+    monkeypatch.setattr(IPython.display, "display", fake_display)
+    run = Run(_cfg(tmp_path, "train.max_steps=3"))
+    dash = Dashboard(run)
+    dash._ipython_display_()
+    assert len(shown) == 2 and "application/vnd.jupyter.widget-view+json" in shown[0]
+    assert shown[0]["text/plain"].startswith("nbtune Dashboard") and shown[1] == {"text/plain": ""}
+    run.start(background=True).wait()
+    dash.panel("Train").close()
+    [bundle] = updates
+    assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG") and "step 3 of 3" in bundle["text/plain"]

@@ -116,6 +116,13 @@ class Dashboard:
         bundle["text/plain"] = self.describe()
         return bundle
 
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+        display(self._repr_mimebundle_(), raw=True)
+        train = self.panels.get("Train")
+        if train is not None:  # the curves survive a saved, reopened notebook (TrainPanel.display_snapshot)
+            train.display_snapshot()
+
     def describe(self) -> str:
         """One line of plain text: the run, each tab's state, the tab shown.
 

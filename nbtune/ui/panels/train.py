@@ -138,9 +138,14 @@ class TrainPanel:
     def _ipython_display_(self) -> None:
         from IPython.display import display
         display(self.widget)
-        # A plain output beside the widget, filled with a static snapshot (PNG) when the run ends: widget state
-        # needs a live kernel, so without this a saved and reopened notebook would show no curves. The update is
-        # sent in this cell's context (its parent message), which is where the front end keeps the output.
+        self.display_snapshot()
+
+    def display_snapshot(self) -> None:
+        """Display, in the current cell, a plain output that a static snapshot (PNG) of the charts fills when the run
+        ends: widget state needs a live kernel, so without it a saved and reopened notebook shows no curves. The
+        update is sent in this cell's context (its parent message), which is where the front end keeps the output.
+        A view that holds this panel (the Dashboard) calls it after displaying itself."""
+        from IPython.display import display
         self._snapshot = display({"text/plain": ""}, raw=True, display_id=True)
         self._display_context = contextvars.copy_context()
 
