@@ -1,20 +1,19 @@
 """Pure plotly builders for the data panel: ``DataReport`` parts -> ``go.Figure``. Nothing is shown here.
 
-User text (label names, flag examples) is escaped before it reaches plotly, which renders trace names, tick
-labels and hover text as a subset of HTML.
+User text (label names, flag examples) goes through ``nbtune.ui.figures.plotly_text`` before it reaches plotly,
+which renders trace names, tick labels and hover text as a subset of HTML (and ``$...$`` with MathJax).
 
     >>> from nbtune.data.inspect import inspect                       # doctest: +SKIP
     >>> label_figure(inspect(ds).label_distribution).show()           # doctest: +SKIP
 """
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 
-from nbtune.ui.figures import GROUP_COLORS, TRAIN_COLOR, VAL_COLOR
+from nbtune.ui.figures import GROUP_COLORS, TRAIN_COLOR, VAL_COLOR, plotly_text
 
 SPLIT_COLORS = {"train": TRAIN_COLOR, "validation": VAL_COLOR, "test": GROUP_COLORS[1]}
 
@@ -33,13 +32,13 @@ def label_figure(dist: Any) -> go.Figure:
     Traces: one per split, named by the split.
     """
     fig = go.Figure()
-    names = [html.escape(str(n)) for n in dist.label_names]
+    names = [plotly_text(n) for n in dist.label_names]
     for i, (split, counts) in enumerate(dist.counts.items()):
-        fig.add_trace(go.Bar(x=names, y=[counts.get(n, 0) for n in dist.label_names], name=html.escape(split),
+        fig.add_trace(go.Bar(x=names, y=[counts.get(n, 0) for n in dist.label_names], name=plotly_text(split),
                              marker_color=SPLIT_COLORS.get(split, GROUP_COLORS[i % len(GROUP_COLORS)])))
     ratio = dist.imbalance_ratio
-    title = (f"Labels · imbalance {ratio:.1f}× ({html.escape(str(dist.majority))} vs "
-             f"{html.escape(str(dist.minority))})" if np.isfinite(ratio) else "Labels")
+    title = (f"Labels · imbalance {ratio:.1f}× ({plotly_text(dist.majority)} vs "
+             f"{plotly_text(dist.minority)})" if np.isfinite(ratio) else "Labels")
     _layout(fig, title, "label", "rows")
     fig.update_layout(barmode="group")
     return fig
@@ -77,6 +76,6 @@ def flags_figure(counts: dict[str, int], total: int) -> go.Figure:
 def script_figure(mix: Any) -> go.Figure:
     """Rows per dominant writing system (Latin, Han, ..., Mixed). Traces: ``rows``."""
     names = [n for n in mix.counts if mix.counts[n]]
-    fig = go.Figure(go.Bar(x=[html.escape(n) for n in names], y=[mix.counts[n] for n in names], name="rows",
+    fig = go.Figure(go.Bar(x=[plotly_text(n) for n in names], y=[mix.counts[n] for n in names], name="rows",
                            marker_color=GROUP_COLORS[2]))
     return _layout(fig, "Script mix (dominant script per row)", "script", "rows")

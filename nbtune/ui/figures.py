@@ -4,8 +4,9 @@ The numbers come from :mod:`nbtune.history`; this module only decides how they l
 builder always emits the same traces in the same order (empty when there is no data yet), so a
 live panel can update a FigureWidget trace by name without rebuilding it.
 
-User-derived text (group names, edit values) is passed through ``html.escape`` before it reaches
-plotly, because plotly renders trace names and hover text as a small subset of HTML.
+User-derived text (group names, edit values) is passed through ``plotly_text`` (``html.escape``, and ``$`` as an
+entity) before it reaches plotly, because plotly renders trace names and hover text as a small subset of HTML
+and typesets ``$...$`` with MathJax.
 
     >>> from nbtune.history import read_history          # doctest: +SKIP
     >>> loss_figure(read_history("runs/demo")).show()     # doctest: +SKIP
@@ -30,6 +31,17 @@ GROUP_COLORS = ("#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"
 DEFAULT_HEALTHY_BAND = (0.5, 2.0)
 
 
+def plotly_text(value: Any) -> str:
+    """User text for a plotly label, title, trace name or hover text: HTML-escaped, and each `$` written as the
+    entity `&#36;`, because plotly.js hands a string that starts and ends with `$` to MathJax when the page has it
+    (and MathJax's `\\href{javascript:...}` is a link). plotly.js decodes the entity, so a `$` still shows as `$`.
+
+        >>> plotly_text("$<b>5</b>$")
+        '&#36;&lt;b&gt;5&lt;/b&gt;&#36;'
+    """
+    return html.escape(str(value)).replace("$", "&#36;")
+
+
 def _base_layout(fig: go.Figure, title: str, y_title: str) -> go.Figure:
     fig.update_layout(
         title={"text": title, "x": 0.01},
@@ -50,7 +62,7 @@ def _edits_by_step(history: RunHistory) -> dict[int, list[str]]:
     for edit in history.edits:
         step = edit.get("step")
         if isinstance(step, (int, float)) and not isinstance(step, bool):
-            grouped.setdefault(int(step), []).append(html.escape(edit_label(edit)))
+            grouped.setdefault(int(step), []).append(plotly_text(edit_label(edit)))
     return grouped
 
 
@@ -88,13 +100,13 @@ def grad_norm_series(history: RunHistory) -> Series:
     out: Series = {"grad norm": (history.steps, history.grad_norm),
                    "clipped": ([history.steps[i] for i in clipped], [history.grad_norm[i] for i in clipped])}
     for group, values in history.grad_norm_groups.items():
-        out[f"grad norm: {html.escape(group)}"] = (history.steps, values)
+        out[f"grad norm: {plotly_text(group)}"] = (history.steps, values)
     return out
 
 
 def lr_series(history: RunHistory) -> Series:
     """Learning rate per parameter group (trace named by the escaped group name), then the edits."""
-    out: Series = {html.escape(group): (history.steps, values) for group, values in history.lr.items()}
+    out: Series = {plotly_text(group): (history.steps, values) for group, values in history.lr.items()}
     return {**out, **_edit_series(history)}
 
 

@@ -106,4 +106,8 @@ def snapshot_bundle(history: RunHistory, healthy_band: tuple[float, float] | Non
                     smoothing: float = 0.9) -> dict[str, str]:
     """A display bundle (`display(bundle, raw=True)`): the PNG, base64 as Jupyter expects, and a text line."""
     png = snapshot_png(history, healthy_band, smoothing)
-    return {"image/png": base64.b64encode(png).decode("ascii"), "text/plain": headline(history)}
+    # The text fallback (an untrusted notebook, nbconvert to text) also gives the last loss and checkpoint.
+    h = history
+    text = headline(h) + (f"; loss {h.loss[-1]:.4g}" if h.loss else "") + (
+        f"; checkpoint {h.checkpoints[-1].get('path')}" if h.checkpoints else "")
+    return {"image/png": base64.b64encode(png).decode("ascii"), "text/plain": text}
