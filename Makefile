@@ -30,9 +30,9 @@ test: setup
 test-unit: setup
 	$(PY) -m pytest -p no:cacheprovider
 
-# JupyterLab on the notebooks (the quick start: notebooks/01_quickstart.ipynb).
+# JupyterLab on the notebooks, opened on the tour.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/01_quickstart.ipynb
+	$(VENV)/bin/jupyter lab notebooks/00_tour.ipynb
 
 bench: setup
 	$(PY) bench/engine_vs_trainer.py
