@@ -296,3 +296,23 @@ def test_guard_events_are_listed_in_the_panel_and_the_report(tmp_path):
     assert "step 7: step skipped (non-finite loss; 1 skipped so far)" in panel.log_html.value
     page = render_report(read_history(run.run_dir))
     assert "<h2>Guard events</h2>" in page and "step 7: step skipped (non-finite loss" in page
+
+
+def test_clipping_switch_turns_clipping_on_at_the_slider_value_and_off(tmp_path):
+    """A run started without clipping: the slider is inactive and the 'clip' switch turns clipping on at the
+    value the slider shows (moving the slider to that value would send nothing), then off again."""
+    run = _run(tmp_path, "train.max_steps=6", "train.max_grad_norm=null")
+    panel = TrainPanel(run)
+    c = panel.controls
+    assert c.clip_toggle.value is False and c.clip_slider.disabled and c.clip_slider.value == 1.0
+    c.clip_toggle.value = True
+    assert not c.clip_slider.disabled
+    run.start()
+    assert run.max_grad_norm == 1.0
+    assert [(e["name"], e["old"], e["new"]) for e in run.control.edits if e["name"] == "max_grad_norm"] == \
+        [("max_grad_norm", None, 1.0)]
+    c.toggle_clipping(False)  # within the coalescer's 1 s of the last send: it waits as the pending value
+    queued = [(cmd.name, cmd.value) for cmd in run.control._pending] + list(c.coalescer.pending.items())
+    assert queued == [("max_grad_norm", None)]
+    assert c.clip_slider.disabled and panel.error is None
+    panel.close()

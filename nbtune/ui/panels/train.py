@@ -116,7 +116,7 @@ class TrainPanel:
         panel.follower = follower
         c = panel.controls
         c.finished()
-        for w in (c.lr_slider, c.clip_slider, c.weight_decay_box, c.target_dropdown):
+        for w in (c.lr_slider, c.clip_toggle, c.clip_slider, c.weight_decay_box, c.target_dropdown):
             w.disabled = True
         c.widget.layout.display = "none"
         panel.advice.actions_box.layout.display = "none"  # advice is shown; its actions would steer nothing

@@ -60,9 +60,13 @@ class ControlBar:
             value=min(max(lr, 10 ** lo), 10 ** hi), base=10, min=lo, max=hi, step=0.05,
             description="LR", continuous_update=False, readout_format=".1e")
         clip = t.max_grad_norm if t.max_grad_norm is not None else 1.0
+        # Clipping on/off is its own switch: with clipping off the slider shows a value that is not in force, so
+        # moving it cannot be the only way to turn clipping on (setting it to the value it shows sends nothing).
+        self.clip_toggle = widgets.Checkbox(value=t.max_grad_norm is not None, description="clip", indent=False,
+                                            layout={"width": "60px"})
         self.clip_slider = widgets.FloatSlider(
             value=min(max(float(clip), CLIP_RANGE[0]), CLIP_RANGE[1]), min=CLIP_RANGE[0], max=CLIP_RANGE[1],
-            step=0.05, description="max grad norm", continuous_update=False,
+            step=0.05, description="max grad norm", continuous_update=False, disabled=t.max_grad_norm is None,
             style={"description_width": "initial"})
         self.weight_decay_box = widgets.BoundedFloatText(
             value=float(t.weight_decay), min=0.0, max=1.0, step=0.001, description="weight decay",
@@ -88,17 +92,18 @@ class ControlBar:
         self.checkpoint_button.on_click(lambda _: self._guard(self.checkpoint))
         self.lr_slider.observe(lambda c: self._guard(self.set, "lr", c["new"]), names="value")
         self.clip_slider.observe(lambda c: self._guard(self.set, "max_grad_norm", c["new"]), names="value")
+        self.clip_toggle.observe(lambda c: self._guard(self.toggle_clipping, c["new"]), names="value")
         self.weight_decay_box.observe(lambda c: self._guard(self.set, "weight_decay", c["new"]), names="value")
 
         self.widget = widgets.VBox([
             widgets.HBox([self.start_button, self.pause_button, self.stop_button, self.checkpoint_button]),
-            widgets.HBox([self.lr_slider, self.clip_slider, self.weight_decay_box]),
+            widgets.HBox([self.lr_slider, self.clip_toggle, self.clip_slider, self.weight_decay_box]),
             widgets.HBox([self.target_dropdown, self.freeze_button, self.unfreeze_button, self.precision_dropdown]),
         ])
         # Stable CSS hooks for themes and browser tests; labels may change, these do not.
         for w, name in ((self.widget, "controls"), (self.start_button, "start"), (self.pause_button, "pause"),
                         (self.stop_button, "stop"), (self.checkpoint_button, "checkpoint"),
-                        (self.lr_slider, "lr"), (self.clip_slider, "max-grad-norm"),
+                        (self.lr_slider, "lr"), (self.clip_slider, "max-grad-norm"), (self.clip_toggle, "clip"),
                         (self.weight_decay_box, "weight-decay"), (self.target_dropdown, "trainable-target"),
                         (self.freeze_button, "freeze"), (self.unfreeze_button, "unfreeze"),
                         (self.precision_dropdown, "precision")):
@@ -148,6 +153,11 @@ class ControlBar:
         from nbtune.config import check_edit_value
         check_edit_value(name, value)  # refused here, at once, even when the value would wait as pending
         self.coalescer.submit(name, value)
+
+    def toggle_clipping(self, on: bool) -> None:
+        """Clipping on at the slider's value, or off (max_grad_norm=None); the slider is live only while on."""
+        self.clip_slider.disabled = not on
+        self.set("max_grad_norm", float(self.clip_slider.value) if on else None)
 
     def _send_set(self, name: str, value: Any) -> None:
         self.run.control.set(name, value)
