@@ -30,9 +30,10 @@ test: setup
 test-unit: setup
 	$(PY) -m pytest -p no:cacheprovider
 
-# JupyterLab on the notebooks, opened on the tour.
+# JupyterLab on the notebooks, opened on the tour (as root, e.g. in a container, Jupyter needs --allow-root).
+LAB_ARGS ?=
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/00_tour.ipynb
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) notebooks/00_tour.ipynb
 
 bench: setup
 	$(PY) bench/engine_vs_trainer.py
