@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -160,7 +161,9 @@ class LoRA(Method):
         config = LoraConfig(task_type=task_type(cfg.task), r=self.r, lora_alpha=self.alpha,
                             lora_dropout=float(self.dropout), target_modules=self.resolve_targets(model),
                             use_dora=self.use_dora, use_rslora=self.use_rslora)
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft asks for transformers' renamed `is_gradient_checkpointing`
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(model, config)
 
 
 def _peft_model(run_or_model: Any) -> Any:

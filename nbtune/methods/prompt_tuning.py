@@ -25,6 +25,7 @@ a pad position); prefix tuning outside causal-lm (transformers' classification h
 from __future__ import annotations
 
 import difflib
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -127,7 +128,9 @@ class PromptTuning(Method):
         from peft import get_peft_model
         check_peft_free(model, self.name)
         self.check_supported(model, cfg)
-        wrapped = get_peft_model(model, self.peft_config(model, cfg))
+        with warnings.catch_warnings():  # peft asks for transformers' renamed `is_gradient_checkpointing`
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            wrapped = get_peft_model(model, self.peft_config(model, cfg))
         if self.kind == "prefix":
             # peft draws the prefix keys/values from N(0, 1), which throws a pretrained model far off before any
             # training (smollm2, one chat: loss 4.97 -> 8.01); x0.1 starts near a no-op (5.14) and, unlike
