@@ -13,7 +13,6 @@ import pytest
 
 from nbtune.history import (
     RunHistory,
-    edit_label,
     ema,
     final_evals,
     loss_info,
@@ -21,6 +20,7 @@ from nbtune.history import (
     summary,
     value_at_steps,
 )
+from nbtune.labels import edit_label
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 
@@ -279,7 +279,7 @@ def test_snapshot_png_draws_the_run_and_leaves_pyplot_alone():
     assert headline(history) == "nbtune run finished: step 40 of 40 (m on d); best accuracy 0.75 @ step 20"
     bundle = snapshot_bundle(history)
     png = base64.b64decode(bundle["image/png"])
-    assert png.startswith(b"\x89PNG\r\n\x1a\n") and bundle["text/plain"] == headline(history)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and bundle["text/plain"] == headline(history) + f"; loss {history.loss[-1]:.4g}"
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert (width, height) == (1080, 594)
     empty = base64.b64decode(snapshot_bundle(history_from_records([]))["image/png"])

@@ -149,7 +149,9 @@ def test_flood_is_throttled_and_the_front_end_ends_in_the_kernel_state(tmp_path,
     h = panel.history
     want_x, want_y = decimate_minmax(h.steps, h.loss, panel.max_points)
     raw = mirrors["loss"].trace("train loss")
-    assert np.array_equal(_arr(raw["x"]), _arr(want_x)) and np.array_equal(_arr(raw["y"]), _arr(want_y))
+    # the panel sends int32 steps and float32 values (train.py `_sync`)
+    assert np.array_equal(_arr(raw["x"]), _arr(want_x)) and np.array_equal(
+        _arr(raw["y"]), np.asarray(want_y, dtype=np.float32).astype(float))
     assert len(raw["x"]) <= panel.max_points and _arr(raw["x"])[-1] == total
     grad = _arr(mirrors["grad_norm"].trace("grad norm")["y"])
     spikes = [s for s in range(1, total + 1) if s % 7919 == 0]

@@ -19,7 +19,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from nbtune.history import RunHistory, edit_label, loss_info
+from nbtune.history import RunHistory, loss_info
+from nbtune.labels import edit_label
 
 TRAIN_COLOR = "#1f77b4"
 VAL_COLOR = "#d62728"

@@ -22,13 +22,11 @@ from plotly.offline import get_plotlyjs
 from nbtune.history import (
     METRICS_FILENAME,
     RunHistory,
-    edit_label,
     final_evals,
-    format_value,
-    guard_label,
     read_history,
     summary,
 )
+from nbtune.labels import edit_label, format_value, guard_label
 from nbtune.ui.figures import DEFAULT_HEALTHY_BAND, run_figures
 from nbtune.fileio import atomic_write_text
 

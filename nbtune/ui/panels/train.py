@@ -28,7 +28,8 @@ import numpy as np
 import plotly.graph_objects as go
 
 from nbtune.advisor import advise
-from nbtune.history import HistoryBuilder, RunHistory, decimate_minmax, edit_label, guard_label, summary
+from nbtune.history import HistoryBuilder, RunHistory, decimate_minmax, summary
+from nbtune.labels import edit_label, guard_label
 from nbtune.ui import figures
 from nbtune.ui.panels.train_controls import AdviceView, ControlBar
 from nbtune.ui.runner import Pump

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 
 import ipywidgets as widgets
 
-from nbtune.history import format_value
+from nbtune.labels import format_value
 
 # FloatLogSlider bounds, as powers of ten.
 LR_EXPONENT_RANGE = (-7.0, -1.0)
