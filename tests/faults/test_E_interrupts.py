@@ -63,9 +63,22 @@ def _all_checkpoints_complete(run_dir: Path) -> list[int]:
     return steps
 
 
+@pytest.fixture
+def started():
+    """Runs a test starts in the background; any still training at teardown is stopped. A failed assertion must not
+    leave a 100,000-step run in the test process: it would draw from torch's global RNG beside later tests."""
+    runs: list[Run] = []
+    yield runs
+    for run in runs:
+        if run.is_running:
+            run.control.stop()
+            run._done.wait(120)
+
+
 # ------------------------------------------------------------------------------------------------------ E1
-def test_E1_stop_from_another_thread_within_one_step_leaves_checkpoint_no_threads_no_children(tmp_path):
+def test_E1_stop_from_another_thread_within_one_step_leaves_checkpoint_no_threads_no_children(tmp_path, started):
     run = Run(RunConfig().with_overrides(LONG), run_dir=tmp_path / "run")
+    started.append(run)
     threads_before, children_before = set(threading.enumerate()), child_processes()
     run.start(background=True)
     _until(lambda: run.state.step >= 5)
@@ -92,7 +105,7 @@ def test_E1_stop_from_another_thread_within_one_step_leaves_checkpoint_no_thread
 
 
 # ------------------------------------------------------------------------------------------------------ E5
-def test_E5_no_worker_processes_after_stop_and_a_second_run_starts(tmp_path, capfd, monkeypatch):
+def test_E5_no_worker_processes_after_stop_and_a_second_run_starts(tmp_path, capfd, monkeypatch, started):
     """The catalogue's `num_workers=2` does not exist: nbtune collates in-process (engine/loop.py builds no
     DataLoader). This asserts that, and what E5 asks of a stop: no child left, no worker noise, a second run."""
     loaders: list = []
@@ -101,6 +114,7 @@ def test_E5_no_worker_processes_after_stop_and_a_second_run_starts(tmp_path, cap
                         lambda self, *a, **k: (loaders.append(k), real_init(self, *a, **k))[1])
     children_before = child_processes()
     first = Run(RunConfig().with_overrides(LONG), run_dir=tmp_path / "first")
+    started.append(first)
     first.start(background=True)
     _until(lambda: first.state.step >= 3)
     first.control.stop()
@@ -134,8 +148,9 @@ def _interrupting_hook(point: str, trial: dict):
     return hook
 
 
-def _double_interrupt_trials(tmp_path: Path, background: bool, capsys) -> dict:
+def _double_interrupt_trials(tmp_path: Path, background: bool, capsys, started: list) -> dict:
     run = Run(RunConfig().with_overrides(E4), run_dir=tmp_path / "run")
+    started.append(run)
     outcome = {"complete": 0, "absent": 0, "points": set()}
     for i in range(TRIALS):
         point = POINTS[i % len(POINTS)]
@@ -158,8 +173,8 @@ def _double_interrupt_trials(tmp_path: Path, background: bool, capsys) -> dict:
 
 
 @pytest.mark.parametrize("background", [True, False], ids=["thread-and-wait", "foreground"])
-def test_E4_double_interrupt_during_save_leaves_a_complete_or_no_checkpoint(tmp_path, capsys, background):
-    outcome = _double_interrupt_trials(tmp_path, background, capsys)
+def test_E4_double_interrupt_during_save_leaves_a_complete_or_no_checkpoint(tmp_path, capsys, background, started):
+    outcome = _double_interrupt_trials(tmp_path, background, capsys, started)
     assert outcome["complete"] + outcome["absent"] == TRIALS
     print(f"E4 ({'thread' if background else 'foreground'}): {TRIALS} trials, {outcome['complete']} complete and "
           f"verified, {outcome['absent']} absent, 0 torn, over {len(POINTS)} positions in the save")
