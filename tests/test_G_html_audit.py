@@ -117,13 +117,22 @@ def collect(panel_widget: Any, figures: dict[str, Any], source: str, out: Simple
 
 
 @pytest.fixture(scope="module")
-def emitted(tmp_path_factory) -> SimpleNamespace:
+def emitted(tmp_path_factory) -> Iterator[SimpleNamespace]:
+    from ipywidgets.widgets.widget import _instances
+    before = set(_instances)
     out = SimpleNamespace(html=[], text=[], plotly=[], pages={}, errors=[])
     tmp = tmp_path_factory.mktemp("g2")
     _data_surfaces(tmp, out)
     _train_surfaces(tmp, out)
     _explain_surfaces(out)
-    return out
+    yield out
+    # ipywidgets keeps every open widget in a registry, and the panels' callbacks hold their models: close what
+    # this module opened so later modules (tests/test_tune.py counts live models) start clean.
+    for key in set(_instances) - before:
+        widget = _instances.get(key)
+        if widget is not None:
+            widget.close()
+    out.__dict__.clear()
 
 
 def _data_surfaces(tmp, out: SimpleNamespace) -> None:
