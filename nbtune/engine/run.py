@@ -47,6 +47,7 @@ class Run:
         self.tokenizer = build.load_tokenizer(config, resolved)
         self.source_dataset = dataset  # what launch() hands to the processes it starts
         dataset, self.data_where = build.load_data(config, dataset)
+        self.loaded_dataset = dataset  # the splits as trained on, before tokenizing (the Dashboard's Data tab)
         self.data = build.tokenize(config, dataset, self.tokenizer, self.data_where)
         self.dataset_fingerprint = self.data.fingerprint_source
         self._lengths = [len(r["input_ids"]) for r in self.data.rows["train"]]

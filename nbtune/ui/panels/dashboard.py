@@ -236,8 +236,10 @@ def run_dataset(run: Any) -> tuple[Any, str | None]:
         >>> ds, note = run_dataset(run); list(ds)      # doctest: +SKIP
         ['train', 'validation']
     """
-    from nbtune.engine.build import load_data
-    dataset, _ = load_data(run.cfg, getattr(run, "source_dataset", None))
+    dataset = getattr(run, "loaded_dataset", None)  # kept by a Run: no second read of the files
+    if dataset is None:  # a run-like object without it (a config and rows): load the splits as a Run does
+        from nbtune.engine.build import load_data
+        dataset, _ = load_data(run.cfg, getattr(run, "source_dataset", None))
     note = None
     if "test" in dataset and "validation" in dataset and _same_rows(dataset["test"], dataset["validation"]):
         dataset = type(dataset)({k: v for k, v in dataset.items() if k != "test"})
